@@ -1,0 +1,31 @@
+"""One error family, so callers (the CLI, the widget) can turn any of them into one clear line.
+
+Each subclass also subclasses the matching built-in, as tifffile and zarr do, so code that
+catches ``ValueError`` or ``FileNotFoundError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class WsiSamError(Exception):
+    """Base of every error this package raises on purpose; its message is one line for a user."""
+
+
+class SlideError(WsiSamError, ValueError):
+    """A slide cannot be opened or read: missing, not a slide, corrupt, or unsupported."""
+
+
+class MppMissingError(SlideError):
+    """The slide has no pixel size, and an operation needs one (give it with --mpp / the widget)."""
+
+
+class PromptError(WsiSamError, ValueError):
+    """A prompt is unusable: empty, malformed, or entirely outside the slide."""
+
+
+class AssetError(WsiSamError, FileNotFoundError):
+    """A packaged file (weights, sample data) is missing, corrupt, or could not be fetched."""
+
+
+class WeightsError(AssetError):
+    """Model weights are missing, corrupt or do not fit the model."""

