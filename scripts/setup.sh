@@ -39,6 +39,10 @@ if [ ! -x .venv/bin/python ]; then
   "$python_bin" -m venv .venv
 fi
 py=.venv/bin/python
+pip_install() {
+  # pip's notes about index locations it skips are noise here; real errors still show.
+  "$py" -m pip install -q "$@" 2> >(grep -v -E "^WARNING: Location .* is ignored" >&2)
+}
 
 # Reinstall only when the dependency declarations changed (keeps re-runs to seconds).
 stamp=".venv/.napari-wsi-sam-$extra.stamp"
@@ -49,9 +53,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     *) torch_pins=(torch==2.14.1 torchvision==0.29.1) ;;
   esac
   echo "setup: installing torch (${torch_pins[*]}) and napari-wsi-sam[$extra] into .venv"
-  "$py" -m pip install -q --upgrade pip >/dev/null
-  "$py" -m pip install -q "${torch_pins[@]}"
-  "$py" -m pip install -q -e ".[$extra]" "${torch_pins[@]}"
+  pip_install "${torch_pins[@]}"
+  pip_install -e ".[$extra]" "${torch_pins[@]}"
   echo "$want" > "$stamp"
 fi
 
