@@ -1,0 +1,193 @@
+"""Save and load a WSI-SAM head alone (~3.6 MB), and import the WSI-SAM authors' checkpoints.
+
+Our format: a torch file holding ``{"format": "napari-wsi-sam-head", "settings": {...},
+"state_dict": {...}}``; settings are plain numbers and strings (`HeadSettings`), so the file
+loads with ``torch.load(map_location="cpu", weights_only=True)``.
+
+The authors' code (HQ-SAM style) saves one decoder per resolution, ``net_high.pth`` and
+``net_low.pth``, each a dict whose ``"model"`` entry is the state dict of a whole mask decoder:
+SAM's frozen decoder weights plus the new ones, named ``hf_token``, ``hf_mlp``,
+``compress_vit_feat``, ``embedding_encoder`` and ``embedding_maskfeature``. `reference_filter_fn`
+maps those names onto ours (table in docs/model.md) and drops SAM's frozen weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from .. import __version__
+from ..errors import WeightsError
+from .wsi_sam import HeadConfig, WsiSamHead
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "napari-wsi-sam-head"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    """What a head is and how it was made; written into every head checkpoint.
+
+    aggregation, sam_mask: `wsi_sam.HeadConfig`. lam: λ of the loss λ·L_HR + (1-λ)·L_LR.
+    hr_mpp: HR pixel size in µm/px the head was trained at; lr_factor: LR pixel size / HR.
+    base_model: the SAM variant under it. training_data: free text (data set, split, epochs).
+    """
+
+    aggregation: str = "average"
+    sam_mask: str = "separate"
+    lam: float = 0.5
+    hr_mpp: float = 1.0
+    lr_factor: float = 2.0
+    base_model: str = "mobile_sam"
+    training_data: str = ""
+    package_version: str = __version__
+    format_version: int = FORMAT_VERSION
+
+    def head_config(self) -> HeadConfig:
+        return HeadConfig(aggregation=self.aggregation, sam_mask=self.sam_mask)  # type: ignore[arg-type]
+
+
+class LoadedHead(NamedTuple):
+    head: WsiSamHead
+    settings: HeadSettings
+
+
+def save_head(head: WsiSamHead, path: Path, *, settings: HeadSettings | None = None,
+              **overrides: Any) -> Path:
+    """Write `head` and its settings to `path`; aggregation and sam_mask come from the head.
+
+    overrides: any `HeadSettings` field (lam=, hr_mpp=, training_data=, ...).
+    """
+    base = settings or HeadSettings()
+    known = {f.name for f in fields(HeadSettings)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"unknown head settings {sorted(unknown)}; known: {sorted(known)}")
+    final = replace(base, **overrides, aggregation=head.config.aggregation,
+                    sam_mask=head.config.sam_mask, package_version=__version__,
+                    format_version=FORMAT_VERSION)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+    torch.save({"format": FORMAT, "settings": asdict(final), "state_dict": state}, path)
+    logger.info("saved WSI-SAM head (%s) to %s", final.aggregation, path)
+    return path
+
+
+def load_head(path: Path, *, device: str | torch.device = "cpu") -> LoadedHead:
+    """Read a head written by `save_head`; raises `WeightsError` naming the problem."""
+    path = Path(path)
+    data = _read(path)
+    if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+        raise WeightsError(f"{path} is not a napari-wsi-sam head checkpoint (no format "
+                           f"{FORMAT!r}); for the WSI-SAM authors' net_high.pth/net_low.pth "
+                           "use import_reference_heads")
+    raw = dict(data.get("settings") or {})
+    version = raw.get("format_version", 0)
+    if version > FORMAT_VERSION:
+        raise WeightsError(f"{path} has head format {version}, newer than this package reads "
+                           f"({FORMAT_VERSION}); upgrade napari-wsi-sam")
+    known = {f.name for f in fields(HeadSettings)}
+    settings = HeadSettings(**{k: v for k, v in raw.items() if k in known})
+    head = _build(settings, data.get("state_dict") or {}, source=str(path))
+    return LoadedHead(head.to(device), settings)
+
+
+# The authors' per-resolution names -> ours (after the "hr."/"lr." prefix).
+_REFERENCE_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^hf_token\.weight$"), "token.weight"),
+    (re.compile(r"^hf_mlp\.layers\.(\d)\.(weight|bias)$"), r"hypernet.layers.\1.\2"),
+    (re.compile(r"^embedding_encoder\.(\d)\.(weight|bias)$"), r"fusion.final.\1.\2"),
+    (re.compile(r"^compress_vit_feat\.(\d)\.(weight|bias)$"), r"fusion.early.\1.\2"),
+    (re.compile(r"^embedding_maskfeature\.(\d)\.(weight|bias)$"), r"fusion.mask.\1.\2"),
+)
+_SAM_DECODER = re.compile(r"^(transformer|iou_token|mask_tokens|output_upscaling|"
+                          r"output_hypernetworks_mlps|iou_prediction_head)\.")
+
+
+def reference_filter_fn(high: Mapping[str, Tensor], low: Mapping[str, Tensor]
+                        ) -> tuple[dict[str, Tensor], list[str]]:
+    """The authors' ``net_high`` and ``net_low`` state dicts -> our head's state dict.
+
+    A ``module.`` prefix (DataParallel) is removed; SAM's frozen decoder weights are dropped.
+    Returns (mapped state dict, dropped keys). Raises `WeightsError` on an unknown key.
+    """
+    mapped: dict[str, Tensor] = {}
+    dropped: list[str] = []
+    for role, state in (("hr", high), ("lr", low)):
+        for key, value in state.items():
+            name = key.removeprefix("module.")
+            if _SAM_DECODER.match(name):
+                dropped.append(f"{role}:{key}")
+                continue
+            for pattern, target in _REFERENCE_RULES:
+                if pattern.match(name):
+                    mapped[f"{role}.{pattern.sub(target, name)}"] = value
+                    break
+            else:
+                raise WeightsError(f"unexpected key {key!r} in the WSI-SAM {role.upper()} "
+                                   "checkpoint; is it an HQ-SAM/WSI-SAM decoder?")
+    return mapped, dropped
+
+
+def import_reference_heads(
+    high: Path | Mapping[str, Any],
+    low: Path | Mapping[str, Any],
+    *,
+    aggregation: str = "sum",
+    sam_mask: str = "joint",
+    settings: HeadSettings | None = None,
+) -> LoadedHead:
+    """Build a head from the authors' ``net_high.pth`` and ``net_low.pth`` (paths or loaded).
+
+    Defaults reproduce their inference: tokens summed, SAM's mask from the joint HR pass
+    (`wsi_sam.HeadConfig`). Choose aggregation="average" to follow the paper instead.
+    """
+    states = []
+    for item in (high, low):
+        data = _read(Path(item)) if isinstance(item, (str, Path)) else item
+        if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
+            data = data["model"]
+        if not isinstance(data, Mapping):
+            raise WeightsError(f"{item!r} holds no state dict (expected a dict with 'model')")
+        states.append(data)
+    mapped, dropped = reference_filter_fn(states[0], states[1])
+    logger.debug("dropped %d frozen SAM decoder tensors from the reference heads", len(dropped))
+    base = settings or HeadSettings(training_data="WSI-SAM authors' checkpoint (CATCH)")
+    final = replace(base, aggregation=aggregation, sam_mask=sam_mask)
+    return LoadedHead(_build(final, mapped, source="WSI-SAM reference checkpoints"), final)
+
+
+def _build(settings: HeadSettings, state: Mapping[str, Tensor], *, source: str) -> WsiSamHead:
+    try:
+        head = WsiSamHead(settings.head_config(), zero_init=False)
+    except ValueError as error:
+        raise WeightsError(f"{source}: {error}") from error
+    try:
+        head.load_state_dict(dict(state), strict=True)
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())[:300]
+        raise WeightsError(f"{source} does not fit a WSI-SAM head: {detail}") from error
+    return head.eval()
+
+
+def _read(path: Path) -> Any:
+    if not path.is_file():
+        raise WeightsError(f"head checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise WeightsError(f"{path} is not a readable torch checkpoint ({reason})") from error

@@ -1,0 +1,403 @@
+"""`WsiSamPredictor`: prompts in HR-crop pixels -> masks, holding all per-image state.
+
+Models (the ``model`` argument):
+
+- "wsi-sam" (default): MobileSAM encoder on the HR and the LR crop, WSI-SAM decoder. Without a
+  trained head it uses a fresh one, whose masks equal SAM's exactly.
+- "sam": MobileSAM on the HR crop alone.
+- "medsam": LiteMedSAM on the HR crop resized to 256x256 (prompts scaled to match).
+
+Every crop is 1024x1024 RGB uint8; every coordinate is in HR-crop pixels, (x, y), boxes XYXY.
+Encoder outputs are cached by the caller's key (bounded LRU, `embedding_cache`); many prompts
+on one crop pair run as one decoder batch; see `device` for the out-of-memory policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import PromptError
+from .device import encoder_precision, is_out_of_memory, resolve_device, run_chunked
+from .embedding_cache import DEFAULT_CACHE_BYTES, EmbeddingCache
+from .encoder import EncoderOutput, optimise_for_inference
+from .sam import SamParts, load_sam
+from .wsi_sam import LOW_RES, Prompts, WsiSam, WsiSamHead, sam_forward, upsample_logits
+
+logger = logging.getLogger(__name__)
+
+ModelName = Literal["wsi-sam", "sam", "medsam"]
+BASE_MODELS: dict[str, str] = {"wsi-sam": "mobile_sam", "sam": "mobile_sam",
+                               "medsam": "lite_medsam"}
+"""Predictor model name -> the SAM variant (weights) it runs on."""
+CROP = 1024
+"""Side of the HR and LR crops, in pixels."""
+MASK_FILL = -20.0
+"""Logit given to mask-prompt pixels that fall outside the HR crop when mapped into the LR crop."""
+
+XYMap = Callable[[np.ndarray], np.ndarray]
+
+
+def concentric_hr_to_lr(xy: np.ndarray, *, size: int = CROP, factor: float = 2.0) -> np.ndarray:
+    """(..., 2) (x, y) HR-crop pixels -> LR-crop pixels for concentric crops, LR `factor`x coarser.
+
+    For 1024 crops and factor 2: ``lr = hr / 2 + 256`` (the reference code's box mapping).
+    """
+    return np.asarray(xy, dtype=np.float64) / factor + size * (1.0 - 1.0 / factor) / 2.0
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Masks for N prompts on one HR crop."""
+
+    masks: np.ndarray
+    """(N,1024,1024) bool, HR-crop pixels: logits > threshold."""
+    logits: np.ndarray
+    """(N,1024,1024) float32 mask logits, HR-crop pixels."""
+    scores: np.ndarray
+    """(N,) float32: SAM's predicted IoU of each mask."""
+    low_res_logits: np.ndarray
+    """(N,256,256) float32: the logits before upsampling (a mask prompt for the next click)."""
+    model: str = "wsi-sam"
+
+
+class WsiSamPredictor:
+    """Holds the models, the device, the embedding cache; `predict` turns prompts into masks.
+
+    model: default model for `predict` ("wsi-sam", "sam", "medsam").
+    head: a trained `WsiSamHead`, a head checkpoint path, or None for a fresh head (= SAM).
+    device: "auto" (CUDA, MPS, CPU), "cpu", "cuda", "cuda:1", "mps".
+    cache_bytes: bound of the embedding cache (0 disables it).
+    decoder_batch: most prompts per decoder call (halved on out-of-memory); default 4 on the
+        CPU (larger batches are slower per prompt there: memory-bound), 32 on a GPU.
+    channels_last, compile: encoder speed-ups (see `encoder.optimise_for_inference`).
+    checkpoints: SAM variant name -> weights file, overriding `weights.find_weights`.
+    parts: already loaded `SamParts` by variant name (tests share them between predictors).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: ModelName = "wsi-sam",
+        head: WsiSamHead | Path | str | None = None,
+        device: str | torch.device = "auto",
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        decoder_batch: int | None = None,
+        channels_last: bool = True,
+        compile: bool = False,
+        checkpoints: Mapping[str, Path] | None = None,
+        parts: Mapping[str, SamParts] | None = None,
+    ) -> None:
+        self._check_model(model)
+        if decoder_batch is not None and decoder_batch < 1:
+            raise ValueError(f"decoder_batch must be >= 1, got {decoder_batch}")
+        self.model: ModelName = model
+        self._device = resolve_device(device)
+        self.decoder_batch = decoder_batch or (4 if self._device.type == "cpu" else 32)
+        self.channels_last = channels_last
+        self.compile = compile
+        self.cache = EmbeddingCache(cache_bytes)
+        self.encoder_calls = 0
+        self._checkpoints = dict(checkpoints or {})
+        self._parts: dict[str, SamParts] = {}
+        for name, loaded in (parts or {}).items():
+            self._parts[name] = self._prepare(loaded)
+        self._head_version = 0
+        self._head = self._as_head(head)
+        self._wsi: WsiSam | None = None
+        self._lock = threading.RLock()
+
+    # ----------------------------------------------------------------- state
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def head(self) -> WsiSamHead:
+        return self._head
+
+    def set_head(self, head: WsiSamHead | Path | str | None) -> None:
+        """Use another WSI-SAM head (None: a fresh one); drops its cached image features."""
+        with self._lock:
+            self._head = self._as_head(head)
+            self._wsi = None
+            self.cache.discard(lambda key: key[0] == "fusion")
+
+    def _as_head(self, head: WsiSamHead | Path | str | None) -> WsiSamHead:
+        if isinstance(head, (str, Path)):
+            from .head_checkpoint import load_head
+
+            head = load_head(Path(head)).head
+        self._head_version += 1
+        head = head if head is not None else WsiSamHead()
+        return head.eval().requires_grad_(False).to(self._device)
+
+    def parts(self, base: str) -> SamParts:
+        """The loaded SAM variant `base` ("mobile_sam", "lite_medsam"), loading it once."""
+        if base not in self._parts:
+            loaded = load_sam(base, checkpoint=self._checkpoints.get(base), device=self._device)
+            self._parts[base] = self._prepare(loaded, compile=self.compile)
+        return self._parts[base]
+
+    def _prepare(self, parts: SamParts, *, compile: bool = False) -> SamParts:
+        optimise_for_inference(parts.encoder, channels_last=self.channels_last, compile=compile)
+        return parts.to(self._device)
+
+    def wsi_sam(self) -> WsiSam:
+        """The WSI-SAM module (frozen MobileSAM decoder + the current head)."""
+        if self._wsi is None:
+            mobile = self.parts("mobile_sam")
+            self._wsi = WsiSam(prompt_encoder=mobile.prompt_encoder,
+                               mask_decoder=mobile.mask_decoder, head=self._head).eval()
+        return self._wsi
+
+    def move_to_cpu(self) -> bool:
+        """Move models and cached tensors to the CPU (float32); False if already there."""
+        if self._device.type == "cpu":
+            return False
+        self._device = torch.device("cpu")
+        for parts in self._parts.values():
+            parts.to(self._device)
+        self._head.to(self._device)
+        self.cache.map_values(lambda value: _to(value, self._device))
+        logger.warning("out of GPU memory: WSI-SAM continues on the CPU (slower)")
+        return True
+
+    # ----------------------------------------------------------------- encoder
+    def encode(self, image: np.ndarray, *, base: str = "mobile_sam",
+               key: Hashable | None = None) -> EncoderOutput:
+        """Encoder outputs of one (1024,1024,3) uint8 crop, from the cache when `key` is there."""
+        cache_key = None if key is None else ("encoder", base, key)
+        if cache_key is not None:
+            cached = self.cache.get(cache_key)
+            if cached is not None:
+                return cached
+        _check_image(image)
+        try:
+            out = self._run_encoder(image, base)
+        except (RuntimeError, MemoryError) as error:
+            if not (is_out_of_memory(error) and self.move_to_cpu()):
+                raise
+            out = self._run_encoder(image, base)
+        if cache_key is not None:
+            self.cache.put(cache_key, out)
+        return out
+
+    def _run_encoder(self, image: np.ndarray, base: str) -> EncoderOutput:
+        encoder = self.parts(base).encoder
+        x = encoder.preprocess(image).to(self._device)
+        with torch.inference_mode(), encoder_precision(self._device):
+            out = encoder(x)
+        self.encoder_calls += 1
+        return EncoderOutput(out.embedding, out.early)
+
+    def _image_features(self, hr: EncoderOutput, key: Hashable | None) -> torch.Tensor:
+        """The HR head's prompt-independent fused features (1,32,256,256), cached per crop."""
+        cache_key = None if key is None else ("fusion", self._head_version, key)
+        cached = self.cache.get(cache_key) if cache_key is not None else None
+        if cached is not None:
+            return cached.to(self._device)
+        emb, early = (t.to(self._device, torch.float32) for t in hr)
+        features = self._head.hr.fusion.image_features(emb, early)
+        if cache_key is not None:
+            self.cache.put(cache_key, features)
+        return features
+
+    # ----------------------------------------------------------------- predict
+    def predict(
+        self,
+        hr_image: np.ndarray,
+        lr_image: np.ndarray | None = None,
+        *,
+        boxes: np.ndarray | None = None,
+        points: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        mask_prompts: np.ndarray | None = None,
+        lr_boxes: np.ndarray | None = None,
+        lr_points: np.ndarray | None = None,
+        lr_mask_prompts: np.ndarray | None = None,
+        hr_to_lr: XYMap | None = None,
+        cache_key: Hashable | None = None,
+        lr_cache_key: Hashable | None = None,
+        model: ModelName | None = None,
+        multimask: bool = False,
+        threshold: float = 0.0,
+    ) -> Prediction:
+        """Masks for N prompts on one HR crop (and its LR context crop for "wsi-sam").
+
+        hr_image, lr_image: (1024,1024,3) uint8 RGB; lr_image is the concentric crop at the
+            LR pixel size (needed by "wsi-sam", ignored otherwise).
+        boxes: (N,4) XYXY float, HR-crop pixels. points: (N,K,2) (x, y) float, HR-crop pixels,
+            with point_labels (N,K) int (1 object, 0 background). mask_prompts: (N,256,256)
+            float logits over the HR crop (e.g. an earlier `Prediction.low_res_logits`).
+        lr_boxes, lr_points, lr_mask_prompts: the same prompts in LR-crop pixels; by default
+            mapped from the HR ones with `hr_to_lr` ((..,2) HR px -> LR px, an affine map;
+            default `concentric_hr_to_lr`).
+        cache_key, lr_cache_key: keys of the HR and LR crops in the embedding cache (LR
+            default: ``(cache_key, "lr")``); None: no caching.
+        model: override the predictor's model for this call. multimask: let SAM choose the
+            best of its three masks (useful for one point). threshold: logit threshold.
+        """
+        name = model or self.model
+        self._check_model(name)
+        hr_prompts = _prompts_np(boxes, points, point_labels, mask_prompts, role="HR")
+        n = len(hr_prompts["n"])
+        with self._lock, torch.inference_mode():
+            base = BASE_MODELS[name]
+            hr = self.encode(hr_image, base=base, key=cache_key)
+            if name == "wsi-sam":
+                if lr_image is None:
+                    raise PromptError("model 'wsi-sam' needs lr_image, the LR context crop; "
+                                      "give it, or use model='sam'")
+                lr_prompts = _lr_prompts(hr_prompts, lr_boxes, lr_points, lr_mask_prompts,
+                                         hr_to_lr or concentric_hr_to_lr)
+                lr_key = None if cache_key is None and lr_cache_key is None else (
+                    lr_cache_key if lr_cache_key is not None else (cache_key, "lr"))
+                lr = self.encode(lr_image, base=base, key=lr_key)
+                wsi = self.wsi_sam()
+                hr_features = self._image_features(hr, cache_key)
+
+                def run(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+                    features = hr_features.to(self._device)
+                    out = wsi(_to(hr, self._device), _to(lr, self._device),
+                              self._tensors(hr_prompts, start, stop, 1.0),
+                              self._tensors(lr_prompts, start, stop, 1.0),
+                              multimask=multimask, with_lr_mask=False,
+                              hr_image_features=features)
+                    return out.hr_logits, out.iou
+            else:
+                parts = self.parts(base)
+                scale = parts.img_size / CROP
+
+                def run(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+                    return sam_forward(parts.prompt_encoder, parts.mask_decoder,
+                                       hr.embedding.to(self._device, torch.float32),
+                                       self._tensors(hr_prompts, start, stop, scale),
+                                       multimask=multimask)
+
+            chunks = run_chunked(run, n, batch=self.decoder_batch, fallback=self.move_to_cpu,
+                                 device=lambda: self._device)
+            return _prediction(chunks, n, name=name, threshold=threshold)
+
+    def _tensors(self, prompts: dict, start: int, stop: int, scale: float) -> Prompts:
+        def get(name: str, dtype: torch.dtype, factor: float = 1.0) -> torch.Tensor | None:
+            value = prompts[name]
+            if value is None:
+                return None
+            return torch.as_tensor(value[start:stop] * factor, dtype=dtype, device=self._device)
+
+        masks = get("masks", torch.float32)
+        return Prompts(boxes=get("boxes", torch.float32, scale),
+                       points=get("points", torch.float32, scale),
+                       labels=get("labels", torch.int64),
+                       masks=None if masks is None else masks[:, None])
+
+    @staticmethod
+    def _check_model(name: str) -> None:
+        if name not in BASE_MODELS:
+            raise PromptError(f"unknown model {name!r}; use one of {', '.join(BASE_MODELS)}")
+
+
+def _to(value: EncoderOutput, device: torch.device) -> EncoderOutput:
+    return EncoderOutput(*(t.to(device, torch.float32) for t in value))
+
+
+def _check_image(image: np.ndarray) -> None:
+    ok = isinstance(image, np.ndarray) and image.shape == (CROP, CROP, 3)
+    if not ok or image.dtype != np.uint8:
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", type(image).__name__)
+        raise ValueError(f"expected a ({CROP},{CROP},3) uint8 RGB crop, got {shape} {dtype}")
+
+
+def _prompts_np(boxes, points, labels, masks, *, role: str) -> dict:
+    """Check and convert the prompts of one crop; the 'n' entry is range(N)."""
+    out: dict = {"boxes": None, "points": None, "labels": None, "masks": None}
+    sizes = set()
+    if boxes is not None:
+        out["boxes"] = _finite(boxes, "boxes", role, ndim=2, last=4)
+        sizes.add(len(out["boxes"]))
+    if points is not None:
+        out["points"] = _finite(points, "points", role, ndim=3, last=2)
+        if labels is None:
+            raise PromptError(f"{role} points need point_labels (N,K): 1 object, 0 background")
+        out["labels"] = np.asarray(labels).astype(np.int64)
+        if out["labels"].shape != out["points"].shape[:2]:
+            raise PromptError(f"{role} point_labels have shape {out['labels'].shape}, "
+                              f"expected {out['points'].shape[:2]}")
+        sizes.add(len(out["points"]))
+    if masks is not None:
+        out["masks"] = _finite(masks, "mask_prompts", role, ndim=3, last=LOW_RES)
+        sizes.add(len(out["masks"]))
+    if not sizes:
+        raise PromptError(f"no {role} prompt: give boxes, points or mask_prompts")
+    if len(sizes) != 1 or 0 in sizes:
+        raise PromptError(f"{role} prompts disagree on their number or are empty: {sorted(sizes)}")
+    out["n"] = range(sizes.pop())
+    return out
+
+
+def _finite(value, name: str, role: str, *, ndim: int, last: int) -> np.ndarray:
+    array = np.asarray(value, dtype=np.float32)
+    if array.ndim != ndim or array.shape[-1] != last:
+        raise PromptError(f"{role} {name} must have {ndim} dimensions ending in {last}, "
+                          f"got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise PromptError(f"{role} {name} contain NaN or infinite values")
+    return array
+
+
+def _lr_prompts(hr: dict, boxes, points, masks, hr_to_lr: XYMap) -> dict:
+    """LR prompts: the given ones, else the HR ones mapped with `hr_to_lr`."""
+    if boxes is None and hr["boxes"] is not None:
+        corners = hr_to_lr(hr["boxes"].reshape(-1, 2, 2)).reshape(-1, 4)
+        boxes = np.concatenate([corners[:, :2].clip(max=corners[:, 2:]),
+                                corners[:, 2:].clip(min=corners[:, :2])], axis=1)
+    if points is None and hr["points"] is not None:
+        points = hr_to_lr(hr["points"])
+    if masks is None and hr["masks"] is not None:
+        masks = _map_masks(hr["masks"], hr_to_lr)
+    labels = hr["labels"] if points is not None else None
+    lr = _prompts_np(boxes, points, labels, masks, role="LR")
+    if len(lr["n"]) != len(hr["n"]):
+        raise PromptError(f"{len(hr['n'])} HR prompts but {len(lr['n'])} LR prompts")
+    return lr
+
+
+def _map_masks(masks: np.ndarray, hr_to_lr: XYMap) -> np.ndarray:
+    """(N,256,256) HR mask logits -> the same over the LR crop (affine warp, MASK_FILL outside)."""
+    base = hr_to_lr(np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+    forward = np.stack([base[1] - base[0], base[2] - base[0]], axis=1)  # lr = A hr + t
+    inverse = np.linalg.inv(forward)
+    shift = -inverse @ base[0]  # hr = inverse lr + shift
+    half = CROP / 2.0  # normalised coordinates u in [-1, 1]: pixel = half * (u + 1)
+    theta = np.concatenate([inverse, (inverse @ np.ones(2) + shift / half - 1)[:, None]], axis=1)
+    x = torch.as_tensor(masks, dtype=torch.float32)[:, None] - MASK_FILL
+    grid = F.affine_grid(torch.as_tensor(theta, dtype=torch.float32)[None].expand(len(x), 2, 3),
+                         list(x.shape), align_corners=False)
+    warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return (warped[:, 0] + MASK_FILL).numpy()
+
+
+def _prediction(chunks: list[tuple[torch.Tensor, torch.Tensor]], n: int, *, name: str,
+                threshold: float) -> Prediction:
+    logits = np.empty((n, CROP, CROP), np.float32)
+    low = np.empty((n, LOW_RES, LOW_RES), np.float32)
+    scores = np.empty(n, np.float32)
+    start = 0
+    for chunk_logits, iou in chunks:
+        stop = start + len(chunk_logits)
+        low[start:stop] = chunk_logits[:, 0].float().cpu().numpy()
+        logits[start:stop] = upsample_logits(chunk_logits.float(), size=CROP)[:, 0].cpu().numpy()
+        scores[start:stop] = iou[:, 0].float().cpu().numpy()
+        start = stop
+    return Prediction(masks=logits > threshold, logits=logits, scores=scores,
+                      low_res_logits=low, model=name)
