@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import WsiSamError
-from . import data, slide, view, weights
+from . import data, demo, slide, view, weights
 
-COMMAND_MODULES = [data, slide, view, weights]
+COMMAND_MODULES = [data, slide, demo, view, weights]
 
 
 def build_parser() -> argparse.ArgumentParser:

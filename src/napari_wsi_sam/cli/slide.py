@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import WsiSamError
 from ..prompts import Prompt
-from ..slide import Slide, concentric_crops, open_slide
+from ..slide import CropPair, Slide, concentric_crops, open_slide
 from ..slide.overlay import FIELD, draw_box, draw_prompt
 
 
@@ -82,28 +82,41 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _crops(args: argparse.Namespace) -> int:
-    from PIL import Image
-
     prompt = Prompt.from_box(args.box) if args.box is not None else Prompt.from_points(args.point)
     with open_slide(args.slide, mpp=args.mpp) as slide:
         pair = concentric_crops(slide, prompt, hr_mpp=args.hr_mpp, size=args.size)
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise WsiSamError(f"cannot create output folder {args.out} ({err.strerror}); "
-                          "give a writable --out") from err
-    hr = draw_prompt(pair.hr.image.copy(), pair.hr.map.prompt_to_crop(prompt))
-    lr = draw_prompt(pair.lr.image.copy(), pair.lr.map.prompt_to_crop(prompt))
-    hr_field = pair.lr.map.box_to_crop(pair.hr.map.box_to_slide(
-        np.array([0.0, 0.0, args.size, args.size])))
-    draw_box(lr, hr_field, color=FIELD, width=2, dashed=True)
-    Image.fromarray(hr).save(args.out / "hr.png")
-    Image.fromarray(lr).save(args.out / "lr.png")
-    record = {"slide": str(args.slide), "prompt": prompt.to_dict(),
-              "hr_field_in_lr": [round(v, 4) for v in hr_field.tolist()], **pair.to_dict()}
-    (args.out / "crops.json").write_text(json.dumps(record, indent=2))
+    write_crops(pair, prompt, args.out, slide_path=args.slide)
     note = " (raised to fit the prompt)" if pair.mpp_raised else ""
     print(f"HR {pair.hr_mpp:.4g} µm/px{note}, level {pair.hr.level}, valid "
           f"{pair.hr.valid_fraction:.1%}; LR {pair.lr.mpp:.4g} µm/px, level {pair.lr.level}, "
           f"valid {pair.lr.valid_fraction:.1%}; wrote {args.out}")
     return 0
+
+
+def make_output_folder(out: Path) -> None:
+    """Create `out`, or fail with one line that says what to do."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WsiSamError(f"cannot create output folder {out} ({err.strerror}); "
+                          "give a writable --out") from err
+
+
+def write_crops(pair: CropPair, prompt: Prompt, out: Path, *, slide_path: Path) -> dict:
+    """Write hr.png and lr.png (prompt drawn in both, the HR field dashed in LR) and
+    crops.json (maps, mpp, padding); returns the JSON record."""
+    from PIL import Image
+
+    make_output_folder(out)
+    size = pair.hr.image.shape[0]
+    hr = draw_prompt(pair.hr.image.copy(), pair.hr.map.prompt_to_crop(prompt))
+    lr = draw_prompt(pair.lr.image.copy(), pair.lr.map.prompt_to_crop(prompt))
+    hr_field = pair.lr.map.box_to_crop(pair.hr.map.box_to_slide(
+        np.array([0.0, 0.0, size, size])))
+    draw_box(lr, hr_field, color=FIELD, width=2, dashed=True)
+    Image.fromarray(hr).save(out / "hr.png")
+    Image.fromarray(lr).save(out / "lr.png")
+    record = {"slide": str(slide_path), "prompt": prompt.to_dict(),
+              "hr_field_in_lr": [round(v, 4) for v in hr_field.tolist()], **pair.to_dict()}
+    (out / "crops.json").write_text(json.dumps(record, indent=2))
+    return record

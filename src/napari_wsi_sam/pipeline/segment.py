@@ -1,0 +1,90 @@
+"""One prompt on a slide -> one mask in level-0 pixels.
+
+The widget and the CLI both call `segment_prompt`, so anything the widget does a script can
+do. Masks never leak into padding: the HR crop's valid mask is applied before mapping back.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import PromptError
+from ..prompts import Prompt
+from ..slide import CropPair, Slide, concentric_crops
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentedObject:
+    """One object: ``mask`` (h, w) bool over ``window`` = (x0, y0, x1, y1) level-0 pixels
+    (x1, y1 exclusive; the window is the mask's tight bounding box), with the model's score.
+    ``crop_mask`` (S, S) bool is the same object on the HR crop grid, for display."""
+
+    mask: np.ndarray
+    window: tuple[int, int, int, int]
+    score: float
+    model: str
+    prompt: Prompt
+    crops: CropPair
+    crop_mask: np.ndarray
+
+    @property
+    def area_px(self) -> int:
+        return int(self.mask.sum())
+
+    def area_um2(self, mpp: tuple[float, float]) -> float:
+        return self.area_px * mpp[0] * mpp[1]
+
+
+def segment_prompt(
+    slide: Slide,
+    prompt: Prompt,
+    predictor: object,
+    *,
+    hr_mpp: float = 1.0,
+    model: str | None = None,
+    threshold: float = 0.0,
+) -> SegmentedObject:
+    """Cut the concentric crops around `prompt`, run `predictor` (a `WsiSamPredictor`) on
+    them, and return the mask in level-0 pixels.
+
+    The embedding cache is keyed by (slide path, crop centre, HR mpp), so a second prompt
+    with the same crops runs only the decoder. Raises PromptError when the mask is empty.
+    """
+    crops = concentric_crops(slide, prompt, hr_mpp=hr_mpp)
+    if crops.mpp_raised:
+        logger.info("the prompt needed a coarser HR field: %.3f um/px instead of %.3f",
+                    crops.hr_mpp, crops.hr_mpp_requested)
+    local = crops.hr.map.prompt_to_crop(prompt)
+    prompts: dict[str, np.ndarray] = {}
+    if local.box is not None:
+        prompts["boxes"] = local.box[None, :]
+    if len(local.points):
+        prompts["points"] = local.points[None, :, :]
+        prompts["point_labels"] = local.labels[None, :]
+    key = (str(slide.path), tuple(round(c, 3) for c in crops.center), round(crops.hr_mpp, 6))
+    prediction = predictor.predict(  # type: ignore[attr-defined]
+        crops.hr.image, crops.lr.image, hr_to_lr=crops.hr_to_lr, cache_key=key,
+        model=model, threshold=threshold, **prompts,
+    )
+    crop_mask = prediction.masks[0] & crops.hr.valid
+    if not crop_mask.any():
+        raise PromptError("the model found no object for this prompt; draw a tighter box or "
+                          "add a positive point on the object")
+    window = crops.hr.map.slide_window(clip=slide.dimensions)
+    mask, window = crops.hr.map.mask_to_slide(crop_mask, window=window)
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        raise PromptError("the object is smaller than one slide pixel; zoom in or draw a "
+                          "larger box")
+    tight = (window[0] + int(cols[0]), window[1] + int(rows[0]),
+             window[0] + int(cols[-1]) + 1, window[1] + int(rows[-1]) + 1)
+    mask = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    return SegmentedObject(mask=mask, window=tight, score=float(prediction.scores[0]),
+                           model=prediction.model, prompt=prompt, crops=crops,
+                           crop_mask=crop_mask)
