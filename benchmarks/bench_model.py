@@ -19,6 +19,7 @@ from PIL import Image
 
 from napari_wsi_sam.assets import fetch
 from napari_wsi_sam.model import load_sam
+from napari_wsi_sam.model.device import encoder_dtype
 from napari_wsi_sam.model.encoder import optimise_for_inference
 from napari_wsi_sam.model.predictor import WsiSamPredictor
 
@@ -63,19 +64,30 @@ def main() -> None:
             parts.encoder(x)
             compiled = median_time(lambda: parts.encoder(x), args.repeats, sync=sync)
 
-    predictor = WsiSamPredictor(device=args.device, parts={"mobile_sam": parts})
-    counter = iter(range(10**6))
+    def prompt_times(precision: str) -> tuple[float, float, float, float]:
+        """(encoder pass, cold WSI-SAM prompt, warm WSI-SAM prompt, warm SAM prompt)."""
+        predictor = WsiSamPredictor(device=args.device, parts={"mobile_sam": parts},
+                                    precision=precision)
+        counter = iter(range(10**6))
 
-    def cold() -> object:
-        return predictor.predict(hr, lr, boxes=box, cache_key=("cold", next(counter)))
+        def cold() -> object:
+            return predictor.predict(hr, lr, boxes=box, cache_key=("cold", next(counter)))
 
-    cold()  # warm-up of the decoder kernels
-    cold_wsi = median_time(cold, args.repeats, sync=sync)
-    predictor.predict(hr, lr, boxes=box, cache_key="warm")
-    warm_wsi = median_time(lambda: predictor.predict(hr, lr, boxes=box, cache_key="warm"),
-                           args.repeats * 3, sync=sync)
-    warm_sam = median_time(lambda: predictor.predict(hr, boxes=box, cache_key="warm",
-                                                     model="sam"), args.repeats * 3, sync=sync)
+        cold()  # warm-up of the decoder kernels
+        encoder = median_time(lambda: predictor.encode(hr), args.repeats, sync=sync)
+        cold_wsi = median_time(cold, args.repeats, sync=sync)
+        predictor.predict(hr, lr, boxes=box, cache_key="warm")
+        warm_wsi = median_time(lambda: predictor.predict(hr, lr, boxes=box, cache_key="warm"),
+                               args.repeats * 3, sync=sync)
+        warm_sam = median_time(lambda: predictor.predict(hr, boxes=box, cache_key="warm",
+                                                         model="sam"), args.repeats * 3,
+                               sync=sync)
+        return encoder, cold_wsi, warm_wsi, warm_sam
+
+    fp32 = prompt_times("float32")
+    auto = prompt_times("auto")
+    auto_dtype = encoder_dtype(torch.device(args.device), "auto")
+    auto_name = "float32" if auto_dtype is None else str(auto_dtype).replace("torch.", "")
 
     ref_encoder = ref_prompt = None
     try:
@@ -94,22 +106,25 @@ def main() -> None:
     def ratio(ours: float, ref: float | None) -> str:
         return f"{ref / ours:5.2f}x" if ref else "   -"
 
-    rows = [("encoder, plain (1 crop)", plain, ref_encoder),
-            ("encoder, channels_last (1 crop)", last, ref_encoder)]
+    ref_cold = None if ref_encoder is None or ref_prompt is None else 2 * ref_encoder + ref_prompt
+    rows = [("encoder, plain float32 (1 crop)", plain, ref_encoder),
+            ("encoder, channels_last float32 (1 crop)", last, ref_encoder)]
     if compiled is not None:
-        rows.append(("encoder, compiled (1 crop)", compiled, ref_encoder))
-    rows += [("cold WSI-SAM prompt (2 encoder passes + decoder)", cold_wsi,
-              None if ref_encoder is None or ref_prompt is None else ref_encoder + ref_prompt),
-             ("warm WSI-SAM prompt (cached)", warm_wsi, ref_prompt),
-             ("warm SAM prompt (cached)", warm_sam, ref_prompt)]
+        rows.append(("encoder, compiled float32 (1 crop)", compiled, ref_encoder))
+    for name, (encoder, cold_wsi, warm_wsi, warm_sam) in (("float32", fp32),
+                                                          (f"auto={auto_name}", auto)):
+        rows += [(f"encoder in the predictor, {name} (1 crop)", encoder, ref_encoder),
+                 (f"cold WSI-SAM prompt, {name} (2 passes + decoder)", cold_wsi, ref_cold),
+                 (f"warm WSI-SAM prompt, {name} (cached)", warm_wsi, ref_prompt),
+                 (f"warm SAM prompt, {name} (cached)", warm_sam, ref_prompt)]
     device = torch.cuda.get_device_name() if sync else f"CPU, {torch.get_num_threads()} threads"
     print(f"\ndevice: {device}; torch {torch.__version__}; medians of {args.repeats}+ runs")
-    print(f"{'':52s} {'ours (s)':>9s} {'reference (s)':>14s} {'ref/ours':>9s}")
+    print(f"{'':56s} {'ours (s)':>9s} {'reference (s)':>14s} {'ref/ours':>9s}")
     for name, ours, ref in rows:
         ref_text = f"{ref:14.3f}" if ref is not None else f"{'-':>14s}"
-        print(f"{name:52s} {ours:9.3f} {ref_text} {ratio(ours, ref):>9s}")
-    print("reference: official MobileSAM SamPredictor; its cold row is set_image + predict "
-          "(one encoder pass: it has no LR context)")
+        print(f"{name:56s} {ours:9.3f} {ref_text} {ratio(ours, ref):>9s}")
+    print("reference: official MobileSAM SamPredictor, float32; its cold row is two set_image "
+          "calls (HR and LR crops) + one predict")
 
 
 if __name__ == "__main__":

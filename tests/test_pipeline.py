@@ -77,3 +77,11 @@ def test_demo_on_another_slide_needs_a_box(asset_path, tmp_path, capsys):
     assert main(["demo", str(asset_path("small.svs")), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "give --box" in err and len(err.splitlines()) == 1
+
+
+def test_demo_with_a_missing_gpu_is_one_line(sample_slide, tmp_path, capsys):
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    assert main(["demo", str(sample_slide), "--out", str(tmp_path), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "CUDA" in err and len(err.splitlines()) == 1

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from napari_wsi_sam.errors import PromptError
+from napari_wsi_sam.errors import DeviceError, PromptError
 from napari_wsi_sam.model import load_sam
 from napari_wsi_sam.model import predictor as predictor_module
 from napari_wsi_sam.model.device import resolve_device, run_chunked
@@ -102,9 +102,9 @@ def test_cache_hit_runs_the_decoder_only(predictor, crop_pair):
 
 
 def nucleus_box(labels: np.ndarray, label: int) -> np.ndarray:
-    """(4,) XYXY box of one nucleus: min and max pixel indices (inclusive), image pixels."""
+    """(4,) XYXY tight box of one nucleus in image pixels (pixel i covers [i, i + 1))."""
     rows, cols = ndimage.find_objects((labels == label).astype(np.int32))[0]
-    return np.array([cols.start, rows.start, cols.stop - 1, rows.stop - 1], np.float32)
+    return np.array([cols.start, rows.start, cols.stop, rows.stop], np.float32)
 
 
 def test_points_masks_and_multimask(predictor, crop_pair, nest):
@@ -204,7 +204,7 @@ def test_bad_inputs_raise_clear_errors(predictor, crop_pair):
         predictor.predict(hr[:512], lr, boxes=np.array([[0, 0, 10, 10]]))
     assert resolve_device("auto").type in {"cuda", "mps", "cpu"}
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA"):
+        with pytest.raises(DeviceError, match="CUDA"):
             resolve_device("cuda")
 
 
@@ -238,8 +238,8 @@ def test_quality_on_real_nuclei_and_fresh_head_equals_sam(predictor, nest, asset
     for (x0, y0), chosen in _prompts_per_crop(labels).items():
         hr, lr = hr_crop(image, x0, y0), lr_crop(image, x0, y0)
         boxes = np.array([[slices[i - 1][1].start - x0, slices[i - 1][0].start - y0,
-                           slices[i - 1][1].stop - 1 - x0, slices[i - 1][0].stop - 1 - y0]
-                          for i in chosen], np.float32)  # XYXY, max pixel index inclusive
+                           slices[i - 1][1].stop - x0, slices[i - 1][0].stop - y0]
+                          for i in chosen], np.float32)  # XYXY, pixel i covers [i, i + 1)
         key = ("hgsc_nest", x0, y0)
         sam = predictor.predict(hr, boxes=boxes, model="sam", cache_key=key)
         wsi = predictor.predict(hr, lr, boxes=boxes, model="wsi-sam", cache_key=key)
@@ -255,3 +255,26 @@ def test_quality_on_real_nuclei_and_fresh_head_equals_sam(predictor, nest, asset
     assert len(ious["sam"]) >= 4 * PER_CROP * 0.9
     assert means["sam"] >= 0.78
     assert means["wsi-sam"] == means["sam"]
+
+
+def test_precision_choice_and_bfloat16_masks_match_float32(mobile_parts, crop_pair, nest):
+    from napari_wsi_sam.model.device import encoder_dtype
+
+    cpu = torch.device("cpu")
+    assert encoder_dtype(cpu, "float32") is None
+    assert encoder_dtype(cpu, "bfloat16") is torch.bfloat16
+    assert encoder_dtype(cpu, "auto") in (None, torch.bfloat16)
+    with pytest.raises(DeviceError, match="precision"):
+        WsiSamPredictor(device="cpu", precision="int4", parts={"mobile_sam": mobile_parts})
+    hr, lr = crop_pair
+    _, labels = nest
+    chosen = _prompts_per_crop(labels)[(0, 0)][:6]
+    boxes = np.stack([nucleus_box(labels, label) for label in chosen])
+    masks = {}
+    for precision in ("float32", "bfloat16"):
+        predictor = WsiSamPredictor(device="cpu", precision=precision,
+                                    parts={"mobile_sam": mobile_parts})
+        masks[precision] = predictor.predict(hr, lr, boxes=boxes).masks
+    a, b = masks["float32"], masks["bfloat16"]
+    agreement = (a & b).sum((1, 2)) / np.maximum((a | b).sum((1, 2)), 1)
+    assert agreement.min() > 0.9, agreement

@@ -29,3 +29,7 @@ class AssetError(WsiSamError, FileNotFoundError):
 
 class WeightsError(AssetError):
     """Model weights are missing, corrupt or do not fit the model."""
+
+
+class DeviceError(WsiSamError, ValueError):
+    """The requested compute device does not exist on this machine."""

@@ -26,7 +26,14 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import PromptError
-from .device import encoder_precision, is_out_of_memory, resolve_device, run_chunked
+from .device import (
+    Precision,
+    encoder_dtype,
+    encoder_precision,
+    is_out_of_memory,
+    resolve_device,
+    run_chunked,
+)
 from .embedding_cache import DEFAULT_CACHE_BYTES, EmbeddingCache
 from .encoder import EncoderOutput, optimise_for_inference
 from .sam import SamParts, load_sam
@@ -79,6 +86,8 @@ class WsiSamPredictor:
     decoder_batch: most prompts per decoder call (halved on out-of-memory); default 4 on the
         CPU (larger batches are slower per prompt there: memory-bound), 32 on a GPU.
     channels_last, compile: encoder speed-ups (see `encoder.optimise_for_inference`).
+    precision: the encoder's arithmetic: "auto" (half on a GPU, bfloat16 on a CPU that has it
+        in hardware, else float32), "float32", "bfloat16", "float16" (`device.encoder_dtype`).
     checkpoints: SAM variant name -> weights file, overriding `weights.find_weights`.
     parts: already loaded `SamParts` by variant name (tests share them between predictors).
     """
@@ -93,6 +102,7 @@ class WsiSamPredictor:
         decoder_batch: int | None = None,
         channels_last: bool = True,
         compile: bool = False,
+        precision: Precision = "auto",
         checkpoints: Mapping[str, Path] | None = None,
         parts: Mapping[str, SamParts] | None = None,
     ) -> None:
@@ -104,6 +114,8 @@ class WsiSamPredictor:
         self.decoder_batch = decoder_batch or (4 if self._device.type == "cpu" else 32)
         self.channels_last = channels_last
         self.compile = compile
+        encoder_dtype(self._device, precision)  # fails early on an unknown name
+        self.precision = precision
         self.cache = EmbeddingCache(cache_bytes)
         self.encoder_calls = 0
         self._checkpoints = dict(checkpoints or {})
@@ -194,7 +206,7 @@ class WsiSamPredictor:
     def _run_encoder(self, image: np.ndarray, base: str) -> EncoderOutput:
         encoder = self.parts(base).encoder
         x = encoder.preprocess(image).to(self._device)
-        with torch.inference_mode(), encoder_precision(self._device):
+        with torch.inference_mode(), encoder_precision(self._device, self.precision):
             out = encoder(x)
         self.encoder_calls += 1
         return EncoderOutput(out.embedding, out.early)
@@ -235,6 +247,8 @@ class WsiSamPredictor:
 
         hr_image, lr_image: (1024,1024,3) uint8 RGB; lr_image is the concentric crop at the
             LR pixel size (needed by "wsi-sam", ignored otherwise).
+        Coordinates are continuous HR-crop pixels, pixel i covering [i, i + 1) as everywhere in
+        the package (a tight box around pixels a..b is (a, b + 1)).
         boxes: (N,4) XYXY float, HR-crop pixels. points: (N,K,2) (x, y) float, HR-crop pixels,
             with point_labels (N,K) int (1 object, 0 background). mask_prompts: (N,256,256)
             float logits over the HR crop (e.g. an earlier `Prediction.low_res_logits`).
@@ -288,11 +302,20 @@ class WsiSamPredictor:
             return _prediction(chunks, n, name=name, threshold=threshold)
 
     def _tensors(self, prompts: dict, start: int, stop: int, scale: float) -> Prompts:
-        def get(name: str, dtype: torch.dtype, factor: float = 1.0) -> torch.Tensor | None:
+        """Prompts of items [start, stop) as tensors in encoder-input pixels.
+
+        Our coordinates put pixel i on [i, i + 1); SAM's prompt encoder takes pixel indices
+        (it adds 0.5 itself), so coordinates are scaled to the encoder input, then moved by
+        -0.5.
+        """
+        def get(name: str, dtype: torch.dtype, scale: float | None = None) -> torch.Tensor | None:
             value = prompts[name]
             if value is None:
                 return None
-            return torch.as_tensor(value[start:stop] * factor, dtype=dtype, device=self._device)
+            value = value[start:stop]
+            if scale is not None:
+                value = value * scale - 0.5
+            return torch.as_tensor(value, dtype=dtype, device=self._device)
 
         masks = get("masks", torch.float32)
         return Prompts(boxes=get("boxes", torch.float32, scale),
