@@ -24,8 +24,8 @@ from napari_wsi_sam.model.predictor import (
 )
 
 ORIGINS = [(0, 0), (476, 0), (0, 476), (476, 476)]  # (x, y) of 4 crops covering 1500x1500
-PER_CROP = 15  # nuclei prompted per crop, evenly spread over the labels: keeps the test < 60 s
-MIN_AREA = 400  # pixels; SAM's IoU on smaller nuclei is lower (0.74 at >= 150 px)
+PER_CROP = 15  # nuclei per crop, evenly spread over the labels
+MIN_AREA = 400  # pixels (the quality test, tests/test_quality.py, works at 40x instead)
 
 
 def hr_crop(image: np.ndarray, x0: int, y0: int) -> np.ndarray:
@@ -222,39 +222,6 @@ def _prompts_per_crop(labels: np.ndarray) -> dict[tuple[int, int], list[int]]:
                 chosen[(x0, y0)].append(label)
                 break
     return {o: v[:: max(1, len(v) // PER_CROP)][:PER_CROP] for o, v in chosen.items()}
-
-
-def test_quality_on_real_nuclei_and_fresh_head_equals_sam(predictor, nest, asset_path):
-    """Box prompts on real H&E nuclei: SAM's mean IoU >= 0.78; untrained WSI-SAM == SAM.
-
-    4 overlapping 1024 crops cover the 1500x1500 image at native resolution; each nucleus of
-    >= MIN_AREA pixels is prompted (tight box) in the first crop holding it wholly; the LR
-    crop is the concentric 2x-coarser context, zero beyond the image. The official MobileSAM
-    code gives the same IoUs on these prompts (checked by hand, it is not a dependency).
-    """
-    image, labels = nest
-    slices = ndimage.find_objects(labels)
-    ious: dict[str, list[float]] = {"sam": [], "wsi-sam": []}
-    for (x0, y0), chosen in _prompts_per_crop(labels).items():
-        hr, lr = hr_crop(image, x0, y0), lr_crop(image, x0, y0)
-        boxes = np.array([[slices[i - 1][1].start - x0, slices[i - 1][0].start - y0,
-                           slices[i - 1][1].stop - x0, slices[i - 1][0].stop - y0]
-                          for i in chosen], np.float32)  # XYXY, pixel i covers [i, i + 1)
-        key = ("hgsc_nest", x0, y0)
-        sam = predictor.predict(hr, boxes=boxes, model="sam", cache_key=key)
-        wsi = predictor.predict(hr, lr, boxes=boxes, model="wsi-sam", cache_key=key)
-        assert np.array_equal(sam.masks, wsi.masks)
-        assert np.array_equal(sam.logits, wsi.logits)
-        truth = labels[y0:y0 + CROP, x0:x0 + CROP][None] == np.array(chosen)[:, None, None]
-        for name, out in (("sam", sam), ("wsi-sam", wsi)):
-            inter = (out.masks & truth).sum((1, 2))
-            union = (out.masks | truth).sum((1, 2))
-            ious[name].extend((inter / np.maximum(union, 1)).tolist())
-    means = {name: float(np.mean(v)) for name, v in ious.items()}
-    print(f"\nmean IoU over {len(ious['sam'])} nuclei: {means}")
-    assert len(ious["sam"]) >= 4 * PER_CROP * 0.9
-    assert means["sam"] >= 0.78
-    assert means["wsi-sam"] == means["sam"]
 
 
 def test_precision_choice_and_bfloat16_masks_match_float32(mobile_parts, crop_pair, nest):

@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 PROMPTS_LAYER = "WSI-SAM prompts"
 FIELDS_LAYER = "WSI-SAM fields"
-MAGNIFICATIONS = [("20x · 0.5 µm/px", 0.5), ("10x · 1.0 µm/px", 1.0), ("5x · 2.0 µm/px", 2.0)]
+MAGNIFICATIONS = [("40x · 0.25 µm/px (nuclei)", 0.25), ("20x · 0.5 µm/px", 0.5),
+                  ("10x · 1.0 µm/px", 1.0), ("5x · 2.0 µm/px", 2.0)]
 
 
 class WsiSamWidget(Container):
