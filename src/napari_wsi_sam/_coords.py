@@ -17,21 +17,17 @@ def world_to_slide(
     rc_world: np.ndarray, *, scale: Sequence[float], translate: Sequence[float] = (0.0, 0.0)
 ) -> np.ndarray:
     """(N, 2) (row, col) world coordinates -> (N, 2) (x, y) level-0 pixel coordinates."""
-    rc = np.asarray(rc_world, dtype=float).reshape(-1, 2)
-    scale_rc = np.asarray(scale, dtype=float)[-2:]
-    translate_rc = np.asarray(translate, dtype=float)[-2:]
-    data_rc = (rc - translate_rc) / scale_rc + 0.5
-    return data_rc[:, ::-1].copy()
+    scale_rc, translate_rc = _yx(scale), _yx(translate)
+    data_rc = (np.asarray(rc_world, dtype=float).reshape(-1, 2) - translate_rc) / scale_rc
+    return (data_rc + 0.5)[:, ::-1].copy()
 
 
 def slide_to_world(
     xy_slide: np.ndarray, *, scale: Sequence[float], translate: Sequence[float] = (0.0, 0.0)
 ) -> np.ndarray:
     """(N, 2) (x, y) level-0 pixel coordinates -> (N, 2) (row, col) world coordinates."""
-    xy = np.asarray(xy_slide, dtype=float).reshape(-1, 2)
-    scale_rc = np.asarray(scale, dtype=float)[-2:]
-    translate_rc = np.asarray(translate, dtype=float)[-2:]
-    return (xy[:, ::-1] - 0.5) * scale_rc + translate_rc
+    rc = np.asarray(xy_slide, dtype=float).reshape(-1, 2)[:, ::-1]
+    return (rc - 0.5) * _yx(scale) + _yx(translate)
 
 
 def box_from_world_corners(
@@ -49,3 +45,8 @@ def box_to_world_corners(
     x0, y0, x1, y1 = np.asarray(box_xyxy, dtype=float)
     corners_xy = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
     return slide_to_world(corners_xy, scale=scale, translate=translate)
+
+
+def _yx(values: Sequence[float]) -> np.ndarray:
+    """The last two (row, col) entries of a layer's per-axis scale or translate."""
+    return np.asarray(values, dtype=float)[-2:]
