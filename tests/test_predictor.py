@@ -19,8 +19,8 @@ from napari_wsi_sam.model.embedding_cache import EmbeddingCache
 from napari_wsi_sam.model.predictor import (
     CROP,
     WsiSamPredictor,
-    _map_masks,
     concentric_hr_to_lr,
+    map_masks,
 )
 
 ORIGINS = [(0, 0), (476, 0), (0, 476), (476, 476)]  # (x, y) of 4 crops covering 1500x1500
@@ -75,7 +75,7 @@ def test_concentric_map_is_the_reference_box_mapping():
 def test_mask_prompt_maps_into_the_lr_crop():
     mask = np.full((1, 256, 256), -10.0, np.float32)
     mask[0, 100:140, 60:120] = 10.0  # HR-crop pixels 240..560 x 400..560
-    lr = _map_masks(mask, concentric_hr_to_lr)
+    lr = map_masks(mask, concentric_hr_to_lr)
     assert lr.shape == (1, 256, 256)
     # HR 256-grid (r, c) -> LR (r/2 + 64, c/2 + 64): the blob lands at rows 114..134, cols 94..124
     assert (lr[0, 116:132, 96:122] > 0).all()

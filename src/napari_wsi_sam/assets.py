@@ -50,9 +50,10 @@ class PackagedFile:
         return f"{self.package}=={self.version}"
 
 
-def _data(name: str, package: str, version: str, member: str, size: int, sha: str,
-          **kw: str) -> PackagedFile:
-    return PackagedFile(name, "data", package, version, member, size, sha, **kw)
+def _data(name: str, package: str, version: str, member: str, size: int, sha: str, *,
+          licence: str, description: str, sdist: bool = False) -> PackagedFile:
+    return PackagedFile(name, "data", package, version, member, size, sha, sdist=sdist,
+                        licence=licence, description=description)
 
 
 ASSETS: dict[str, PackagedFile] = {

@@ -86,11 +86,13 @@ class FeatureFusion(nn.Module):
         """
         n, _, height, width = upscaled.shape
         conv1, norm, act, conv2 = self.mask
+        if not isinstance(conv2, nn.Conv2d) or conv2.bias is None:
+            raise TypeError("the mask branch must end in a Conv2d with a bias")
         hidden = act(norm(conv1(upscaled)))  # (N,64,H,W)
         weight = torch.einsum("nc,cikl->nikl", vectors, conv2.weight)  # (N,64,3,3)
         bias = vectors @ conv2.bias  # (N,)
         grouped = hidden.reshape(1, n * hidden.shape[1], height, width)
-        logits = F.conv2d(grouped, weight, bias, padding=conv2.padding, groups=n)
+        logits = F.conv2d(grouped, weight, bias, padding=conv2.padding[0], groups=n)
         logits = logits.view(n, 1, height, width)
         flat = image_features.flatten(2)  # (1 or N, 32, H*W)
         if image_features.shape[0] == 1:

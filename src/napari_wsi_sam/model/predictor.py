@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import PromptError
 from .device import (
@@ -36,8 +35,20 @@ from .device import (
 )
 from .embedding_cache import DEFAULT_CACHE_BYTES, EmbeddingCache
 from .encoder import EncoderOutput, optimise_for_inference
+from .prompt_arrays import (
+    CROP,
+    MASK_FILL,
+    XYMap,
+    concentric_hr_to_lr,
+    lr_prompts,
+    map_masks,
+    prompt_arrays,
+)
 from .sam import SamParts, load_sam
 from .wsi_sam import LOW_RES, Prompts, WsiSam, WsiSamHead, sam_forward, upsample_logits
+
+__all__ = ["BASE_MODELS", "CROP", "MASK_FILL", "Prediction", "WsiSamPredictor",
+           "concentric_hr_to_lr", "map_masks"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,22 +56,6 @@ ModelName = Literal["wsi-sam", "sam", "medsam"]
 BASE_MODELS: dict[str, str] = {"wsi-sam": "mobile_sam", "sam": "mobile_sam",
                                "medsam": "lite_medsam"}
 """Predictor model name -> the SAM variant (weights) it runs on."""
-CROP = 1024
-"""Side of the HR and LR crops, in pixels."""
-MASK_FILL = -20.0
-"""Logit given to mask-prompt pixels that fall outside the HR crop when mapped into the LR crop."""
-
-XYMap = Callable[[np.ndarray], np.ndarray]
-
-
-def concentric_hr_to_lr(xy: np.ndarray, *, size: int = CROP, factor: float = 2.0) -> np.ndarray:
-    """(..., 2) (x, y) HR-crop pixels -> LR-crop pixels for concentric crops, LR `factor`x coarser.
-
-    For 1024 crops and factor 2: ``lr = hr / 2 + 256`` (the reference code's box mapping).
-    """
-    return np.asarray(xy, dtype=np.float64) / factor + size * (1.0 - 1.0 / factor) / 2.0
-
-
 @dataclass(frozen=True)
 class Prediction:
     """Masks for N prompts on one HR crop."""
@@ -262,7 +257,7 @@ class WsiSamPredictor:
         """
         name = model or self.model
         self._check_model(name)
-        hr_prompts = _prompts_np(boxes, points, point_labels, mask_prompts, role="HR")
+        hr_prompts = prompt_arrays(boxes, points, point_labels, mask_prompts, role="HR")
         n = len(hr_prompts["n"])
         with self._lock, torch.inference_mode():
             base = BASE_MODELS[name]
@@ -271,8 +266,8 @@ class WsiSamPredictor:
                 if lr_image is None:
                     raise PromptError("model 'wsi-sam' needs lr_image, the LR context crop; "
                                       "give it, or use model='sam'")
-                lr_prompts = _lr_prompts(hr_prompts, lr_boxes, lr_points, lr_mask_prompts,
-                                         hr_to_lr or concentric_hr_to_lr)
+                lr_arrays = lr_prompts(hr_prompts, lr_boxes, lr_points, lr_mask_prompts,
+                                        hr_to_lr or concentric_hr_to_lr)
                 lr_key = None if cache_key is None and lr_cache_key is None else (
                     lr_cache_key if lr_cache_key is not None else (cache_key, "lr"))
                 lr = self.encode(lr_image, base=base, key=lr_key)
@@ -283,7 +278,7 @@ class WsiSamPredictor:
                     features = hr_features.to(self._device)
                     out = wsi(_to(hr, self._device), _to(lr, self._device),
                               self._tensors(hr_prompts, start, stop, 1.0),
-                              self._tensors(lr_prompts, start, stop, 1.0),
+                              self._tensors(lr_arrays, start, stop, 1.0),
                               multimask=multimask, with_lr_mask=False,
                               hr_image_features=features)
                     return out.hr_logits, out.iou
@@ -339,75 +334,6 @@ def _check_image(image: np.ndarray) -> None:
         shape = getattr(image, "shape", None)
         dtype = getattr(image, "dtype", type(image).__name__)
         raise ValueError(f"expected a ({CROP},{CROP},3) uint8 RGB crop, got {shape} {dtype}")
-
-
-def _prompts_np(boxes, points, labels, masks, *, role: str) -> dict:
-    """Check and convert the prompts of one crop; the 'n' entry is range(N)."""
-    out: dict = {"boxes": None, "points": None, "labels": None, "masks": None}
-    sizes = set()
-    if boxes is not None:
-        out["boxes"] = _finite(boxes, "boxes", role, ndim=2, last=4)
-        sizes.add(len(out["boxes"]))
-    if points is not None:
-        out["points"] = _finite(points, "points", role, ndim=3, last=2)
-        if labels is None:
-            raise PromptError(f"{role} points need point_labels (N,K): 1 object, 0 background")
-        out["labels"] = np.asarray(labels).astype(np.int64)
-        if out["labels"].shape != out["points"].shape[:2]:
-            raise PromptError(f"{role} point_labels have shape {out['labels'].shape}, "
-                              f"expected {out['points'].shape[:2]}")
-        sizes.add(len(out["points"]))
-    if masks is not None:
-        out["masks"] = _finite(masks, "mask_prompts", role, ndim=3, last=LOW_RES)
-        sizes.add(len(out["masks"]))
-    if not sizes:
-        raise PromptError(f"no {role} prompt: give boxes, points or mask_prompts")
-    if len(sizes) != 1 or 0 in sizes:
-        raise PromptError(f"{role} prompts disagree on their number or are empty: {sorted(sizes)}")
-    out["n"] = range(sizes.pop())
-    return out
-
-
-def _finite(value, name: str, role: str, *, ndim: int, last: int) -> np.ndarray:
-    array = np.asarray(value, dtype=np.float32)
-    if array.ndim != ndim or array.shape[-1] != last:
-        raise PromptError(f"{role} {name} must have {ndim} dimensions ending in {last}, "
-                          f"got shape {array.shape}")
-    if not np.isfinite(array).all():
-        raise PromptError(f"{role} {name} contain NaN or infinite values")
-    return array
-
-
-def _lr_prompts(hr: dict, boxes, points, masks, hr_to_lr: XYMap) -> dict:
-    """LR prompts: the given ones, else the HR ones mapped with `hr_to_lr`."""
-    if boxes is None and hr["boxes"] is not None:
-        corners = hr_to_lr(hr["boxes"].reshape(-1, 2, 2)).reshape(-1, 4)
-        boxes = np.concatenate([corners[:, :2].clip(max=corners[:, 2:]),
-                                corners[:, 2:].clip(min=corners[:, :2])], axis=1)
-    if points is None and hr["points"] is not None:
-        points = hr_to_lr(hr["points"])
-    if masks is None and hr["masks"] is not None:
-        masks = _map_masks(hr["masks"], hr_to_lr)
-    labels = hr["labels"] if points is not None else None
-    lr = _prompts_np(boxes, points, labels, masks, role="LR")
-    if len(lr["n"]) != len(hr["n"]):
-        raise PromptError(f"{len(hr['n'])} HR prompts but {len(lr['n'])} LR prompts")
-    return lr
-
-
-def _map_masks(masks: np.ndarray, hr_to_lr: XYMap) -> np.ndarray:
-    """(N,256,256) HR mask logits -> the same over the LR crop (affine warp, MASK_FILL outside)."""
-    base = hr_to_lr(np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
-    forward = np.stack([base[1] - base[0], base[2] - base[0]], axis=1)  # lr = A hr + t
-    inverse = np.linalg.inv(forward)
-    shift = -inverse @ base[0]  # hr = inverse lr + shift
-    half = CROP / 2.0  # normalised coordinates u in [-1, 1]: pixel = half * (u + 1)
-    theta = np.concatenate([inverse, (inverse @ np.ones(2) + shift / half - 1)[:, None]], axis=1)
-    x = torch.as_tensor(masks, dtype=torch.float32)[:, None] - MASK_FILL
-    grid = F.affine_grid(torch.as_tensor(theta, dtype=torch.float32)[None].expand(len(x), 2, 3),
-                         list(x.shape), align_corners=False)
-    warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return (warped[:, 0] + MASK_FILL).numpy()
 
 
 def _prediction(chunks: list[tuple[torch.Tensor, torch.Tensor]], n: int, *, name: str,
