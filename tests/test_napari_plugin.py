@@ -114,3 +114,24 @@ def test_view_command_writes_a_screenshot_with_the_widget(sample_slide, tmp_path
     image = imread(png)
     assert image.shape[1] > 800
     assert image[..., :3].std() > 10
+
+
+def test_slide_without_pixel_size_asks_for_one(make_napari_viewer, qtbot, asset_path):
+    viewer = make_napari_viewer()
+    viewer.open(str(asset_path("boxes.tiff")), plugin="napari-wsi-sam")  # no mpp in the file
+    _, widget = viewer.window.add_plugin_dock_widget("napari-wsi-sam", "WSI-SAM")
+    assert "no pixel size" in widget._slide_info.value
+    assert widget._mpp.enabled
+    slide_layer = viewer.layers[0]
+    prompts = viewer.layers[PROMPTS_LAYER]
+    corners = box_to_world_corners(np.array([100.0, 100.0, 300.0, 250.0]), scale=slide_layer.scale)
+    prompts.add_rectangles([corners / prompts.scale])
+
+    widget.show_crop_fields()
+    qtbot.waitUntil(lambda: "pixel size" in widget._status.value, timeout=30_000)
+    assert FIELDS_LAYER not in viewer.layers
+
+    widget._mpp.value = 0.25
+    widget.show_crop_fields()
+    qtbot.waitUntil(lambda: FIELDS_LAYER in viewer.layers, timeout=30_000)
+    assert widget.last_crops.hr.image.shape == (1024, 1024, 3)

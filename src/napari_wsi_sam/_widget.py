@@ -9,6 +9,7 @@ becomes one notification line.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -134,7 +135,11 @@ class WsiSamWidget(Container):
         worker.start()
         self._worker = worker
 
-    def _show_fields_of(self, crops: CropPair) -> None:
+    def _show_fields_of(self, crops: CropPair | UserError) -> None:
+        if isinstance(crops, UserError):
+            self._status.value = crops.message
+            show_error(crops.message)
+            return
         self.last_crops = crops
         rectangles = []
         for crop in (crops.hr, crops.lr):
@@ -157,13 +162,22 @@ class WsiSamWidget(Container):
         show_info(text)
 
     def _report_error(self, error: Exception) -> None:
-        message = str(error) if isinstance(error, WsiSamError) else f"unexpected error: {error!r}"
-        if not isinstance(error, WsiSamError):
-            logger.error("crop worker failed", exc_info=error)
-        self._status.value = message
-        show_error(message)
+        """A bug, not a user error: napari already shows it with its traceback."""
+        logger.error("crop worker failed", exc_info=error)
+        self._status.value = f"unexpected error: {error!r}"
+
+
+@dataclass(frozen=True)
+class UserError:
+    """A worker's user-facing error, returned as a value: raised (or returned as an exception)
+    it would reach napari's error relay, which adds a traceback to a one-line message."""
+
+    message: str
 
 
 @thread_worker
-def _cut_crops(slide: Any, prompt: Prompt, hr_mpp: float) -> CropPair:
-    return concentric_crops(slide, prompt, hr_mpp=hr_mpp)
+def _cut_crops(slide: Any, prompt: Prompt, hr_mpp: float) -> CropPair | UserError:
+    try:
+        return concentric_crops(slide, prompt, hr_mpp=hr_mpp)
+    except WsiSamError as error:
+        return UserError(str(error))
