@@ -11,7 +11,7 @@ from napari_wsi_sam.cli import main
 from napari_wsi_sam.cli.demo import SAMPLE_BOX
 from napari_wsi_sam.errors import PromptError
 from napari_wsi_sam.model.predictor import WsiSamPredictor
-from napari_wsi_sam.pipeline import segment_prompt
+from napari_wsi_sam.pipeline import CropPairCache, segment_prompt, snapped_center
 from napari_wsi_sam.prompts import Prompt
 from napari_wsi_sam.slide import open_slide
 
@@ -85,3 +85,29 @@ def test_demo_with_a_missing_gpu_is_one_line(sample_slide, tmp_path, capsys):
     assert main(["demo", str(sample_slide), "--out", str(tmp_path), "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip()
     assert "CUDA" in err and len(err.splitlines()) == 1
+
+
+def test_neighbouring_prompts_share_crops_and_embeddings(slide, predictor):
+    cache = CropPairCache()
+    first = segment_prompt(slide, Prompt.from_box(SAMPLE_BOX), predictor, crop_cache=cache)
+    calls = predictor.encoder_calls
+    # A nucleus-sized box 60 px away snaps to the same grid node.
+    nearby = Prompt.from_box((1240.0, 1930.0, 1290.0, 1975.0))
+    second = segment_prompt(slide, nearby, predictor, crop_cache=cache)
+    assert second.crops is first.crops and cache.hits == 1
+    assert predictor.encoder_calls == calls
+    # The grid node is half an HR crop apart: 512 um = 1026.05 px at 0.499 um/px.
+    step = 512 / 0.499
+    assert first.crops.center[0] / step == pytest.approx(round(first.crops.center[0] / step))
+
+
+def test_snapping_keeps_a_prompt_that_would_not_fit(slide):
+    big = Prompt.from_box((300.0, 300.0, 1900.0, 1900.0))  # 800 um: needs its own centre
+    assert snapped_center(slide, big, hr_mpp=1.0) == (1100.0, 1100.0)
+
+
+def test_prompt_outside_the_slide_is_refused_even_with_cached_crops(slide, predictor):
+    width, height = slide.dimensions
+    with pytest.raises(PromptError, match="outside"):
+        segment_prompt(slide, Prompt.from_box((width + 10.0, 10.0, width + 50.0, 50.0)),
+                       predictor, crop_cache=CropPairCache())

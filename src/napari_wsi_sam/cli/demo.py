@@ -15,7 +15,7 @@ import numpy as np
 
 from ..assets import SAMPLE_SLIDE
 from ..errors import PromptError
-from ..pipeline import SegmentedObject, segment_prompt
+from ..pipeline import CropPairCache, SegmentedObject, segment_prompt
 from ..prompts import Prompt
 from ..slide import open_slide
 from .slide import make_output_folder, slide_info, write_crops
@@ -51,11 +51,16 @@ def _demo(args: argparse.Namespace) -> int:
         info = slide_info(slide)
         (args.out / "slide.json").write_text(json.dumps(info, indent=2))
         predictor = WsiSamPredictor(model=args.model, device=args.device)
+        crop_cache = CropPairCache()
         started = time.perf_counter()
-        obj = segment_prompt(slide, prompt, predictor, hr_mpp=args.hr_mpp)
+        obj = segment_prompt(slide, prompt, predictor, hr_mpp=args.hr_mpp,
+                             crop_cache=crop_cache)
         cold = time.perf_counter() - started
+        # The same object again with a positive click in the box's middle, as a user would
+        # refine it: the crops and embeddings are cached, only the decoder runs.
+        click = Prompt(box=prompt.box, points=prompt.center()[None, :], labels=[1])
         started = time.perf_counter()
-        segment_prompt(slide, prompt, predictor, hr_mpp=args.hr_mpp)
+        segment_prompt(slide, click, predictor, hr_mpp=args.hr_mpp, crop_cache=crop_cache)
         warm = time.perf_counter() - started
         crops = write_crops(obj.crops, prompt, args.out, slide_path=args.slide)
         _write_mask_images(obj, args.out)
@@ -64,12 +69,12 @@ def _demo(args: argparse.Namespace) -> int:
         "model": obj.model, "device": str(predictor.device), "score": round(obj.score, 4),
         "window_level0": list(obj.window), "area_px": obj.area_px,
         "area_um2": round(obj.area_um2(mpp), 1), "hr_mpp": crops["hr_mpp"],
-        "seconds_first_prompt": round(cold, 3), "seconds_cached_prompt": round(warm, 3),
+        "seconds_first_prompt": round(cold, 3), "seconds_refining_click": round(warm, 3),
     }
     (args.out / "result.json").write_text(json.dumps(result, indent=2))
     print(f"{args.slide.name}: {obj.model} on {predictor.device}, object of "
           f"{result['area_um2']:.0f} µm² (score {obj.score:.2f}) in {cold:.2f} s, "
-          f"{warm:.2f} s with cached embeddings; wrote {args.out}")
+          f"a refining click {warm:.2f} s (cached crops and embeddings); wrote {args.out}")
     return 0
 
 

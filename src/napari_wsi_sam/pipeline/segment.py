@@ -14,6 +14,8 @@ import numpy as np
 from ..errors import PromptError
 from ..prompts import Prompt
 from ..slide import CropPair, Slide, concentric_crops
+from ..slide.crops import check_prompt_on_slide
+from .crop_grid import CropPairCache, snapped_center
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +50,26 @@ def segment_prompt(
     hr_mpp: float = 1.0,
     model: str | None = None,
     threshold: float = 0.0,
+    snap: bool = True,
+    crop_cache: CropPairCache | None = None,
 ) -> SegmentedObject:
-    """Cut the concentric crops around `prompt`, run `predictor` (a `WsiSamPredictor`) on
-    them, and return the mask in level-0 pixels.
+    """Cut the concentric crops for `prompt`, run `predictor` (a `WsiSamPredictor`) on them,
+    and return the mask in level-0 pixels.
 
-    The embedding cache is keyed by (slide path, crop centre, HR mpp), so a second prompt
-    with the same crops runs only the decoder. Raises PromptError when the mask is empty.
+    With `snap`, the crops centre on the nearest node of a half-crop grid (`crop_grid`), so
+    nearby prompts share crops; the embedding cache is keyed by (slide path, crop centre, HR
+    mpp) and `crop_cache` keeps the pixels, so a second prompt there runs only the decoder.
+    Raises PromptError when the mask is empty.
     """
-    crops = concentric_crops(slide, prompt, hr_mpp=hr_mpp)
+    check_prompt_on_slide(slide, prompt)
+    center = snapped_center(slide, prompt, hr_mpp=hr_mpp) if snap else None
+    if center is None:
+        crops = concentric_crops(slide, prompt, hr_mpp=hr_mpp)
+    else:
+        pair_key = (str(slide.path), round(center[0], 3), round(center[1], 3), hr_mpp)
+        cache = crop_cache if crop_cache is not None else CropPairCache(0)
+        crops = cache.get_or_cut(pair_key, lambda: concentric_crops(
+            slide, prompt, hr_mpp=hr_mpp, center=center))
     if crops.mpp_raised:
         logger.info("the prompt needed a coarser HR field: %.3f um/px instead of %.3f",
                     crops.hr_mpp, crops.hr_mpp_requested)

@@ -35,7 +35,8 @@ from .reader import Slide
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Crop", "CropMap", "CropPair", "concentric_crops", "cut_crop"]
+__all__ = ["Crop", "CropMap", "CropPair", "check_prompt_on_slide", "concentric_crops",
+           "cut_crop"]
 
 _BAND_ROWS = 1024
 
@@ -120,10 +121,7 @@ def concentric_crops(
     """
     _check_settings(hr_mpp=hr_mpp, size=size, lr_factor=lr_factor, margin=margin)
     mpp_x, mpp_y = slide.require_mpp()
-    width, height = slide.dimensions
-    if prompt.is_outside(width, height):
-        raise PromptError(f"{prompt!r} lies entirely outside the {width}x{height} px slide "
-                          f"{slide.path.name}; prompts are level-0 pixels (x, y)")
+    check_prompt_on_slide(slide, prompt)
     cx, cy = (float(v) for v in (prompt.center() if center is None else center))
     if not (math.isfinite(cx) and math.isfinite(cy)):
         raise PromptError(f"crop centre must be finite level-0 x, y; got {center!r}")
@@ -140,6 +138,14 @@ def concentric_crops(
     lr = cut_crop(slide, (cx, cy), mpp=used * lr_factor, size=size, pad_value=pad_value)
     return CropPair(hr=hr, lr=lr, hr_mpp_requested=float(hr_mpp), hr_mpp=used, center=(cx, cy),
                     lr_factor=float(lr_factor), margin=float(margin))
+
+
+def check_prompt_on_slide(slide: Slide, prompt: Prompt) -> None:
+    """Raise PromptError when `prompt` lies entirely outside the slide."""
+    width, height = slide.dimensions
+    if prompt.is_outside(width, height):
+        raise PromptError(f"{prompt!r} lies entirely outside the {width}x{height} px slide "
+                          f"{slide.path.name}; prompts are level-0 pixels (x, y)")
 
 
 def cut_crop(slide: Slide, center: tuple[float, float], *, mpp: float, size: int = 1024,
