@@ -58,7 +58,8 @@ def _demo(args: argparse.Namespace) -> int:
         cold = time.perf_counter() - started
         # The same object again with a positive click in the box's middle, as a user would
         # refine it: the crops and embeddings are cached, only the decoder runs.
-        click = Prompt(box=prompt.box, points=prompt.center()[None, :], labels=[1])
+        click = Prompt(box=prompt.box, points=prompt.center()[None, :],
+                       labels=np.ones(1, dtype=np.int64))
         started = time.perf_counter()
         segment_prompt(slide, click, predictor, hr_mpp=args.hr_mpp, crop_cache=crop_cache)
         warm = time.perf_counter() - started
