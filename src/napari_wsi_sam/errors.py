@@ -33,3 +33,11 @@ class WeightsError(AssetError):
 
 class DeviceError(WsiSamError, ValueError):
     """The requested compute device does not exist on this machine."""
+
+
+class LabelStoreError(WsiSamError, ValueError):
+    """A label store cannot be opened or written: not a store, damaged, or a bad mask/window."""
+
+
+class AnnotationError(WsiSamError, ValueError):
+    """Annotations cannot be read, written or converted: not GeoJSON, a bad mask or window."""

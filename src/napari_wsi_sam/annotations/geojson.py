@@ -1,0 +1,348 @@
+"""QuPath-compatible GeoJSON: write annotation objects, read them back.
+
+Geometries are in level-0 slide pixels, x then y, origin at the top-left corner of the
+full-resolution image (pixel ``i`` covers ``[i, i + 1)``), as QuPath expects. We write a
+FeatureCollection, one Feature per object, with QuPath's ``properties``: ``objectType``,
+``classification`` ``{name, color: [r, g, b]}`` and ``measurements``, plus our own ``id``,
+``model`` and ``score``. We read what QuPath writes in any version: a FeatureCollection, a bare
+array of Features or one Feature, and ``color`` or the older packed ``colorRGB``.
+See docs/geojson.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import shapely
+from shapely.geometry import MultiPolygon, Polygon
+
+from ..errors import AnnotationError
+from .polygons import Areal, polygonal
+
+logger = logging.getLogger(__name__)
+
+RGB = tuple[int, int, int]
+
+# Keys of ``properties`` that map onto AnnotationObject fields rather than into ``properties``.
+_OWN_KEYS = ("objectType", "classification", "id")
+# QuPath 0.2 named the object type in the Feature's "id".
+_LEGACY_TYPES = {"PathAnnotationObject": "annotation", "PathDetectionObject": "detection",
+                 "PathCellObject": "cell", "PathTileObject": "tile",
+                 "TMACoreObject": "tma_core", "PathRootObject": "root"}
+
+
+@dataclass(frozen=True, eq=False)
+class AnnotationObject:
+    """One annotated object.
+
+    id : a positive int, unique within a set of objects (the label value in a labels layer).
+    geometry : Polygon or MultiPolygon (holes allowed), level-0 px (x, y).
+    class_name : its classification, or None when unclassified.
+    color : (r, g, b) 0..255 of the classification, or None.
+    properties : anything else: ``model`` (str), ``score`` (float), ``measurements``, ...
+    object_type : QuPath's object type, "annotation" (default) or "detection" (or what a file
+        read from QuPath says, e.g. "cell").
+    """
+
+    id: int
+    geometry: Areal
+    class_name: str | None = None
+    color: RGB | None = None
+    properties: dict[str, Any] = field(default_factory=dict)
+    object_type: str = "annotation"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.id, bool) or not isinstance(self.id, int):
+            raise AnnotationError(f"object id must be an int, got {self.id!r}")
+        if not isinstance(self.geometry, Polygon | MultiPolygon):
+            raise AnnotationError(f"object {self.id}: geometry must be a Polygon or "
+                                  f"MultiPolygon, got {type(self.geometry).__name__}")
+        if self.color is not None:
+            object.__setattr__(self, "color", _rgb(self.color, f"object {self.id}"))
+        object.__setattr__(self, "properties", dict(self.properties))
+
+    @property
+    def model(self) -> str | None:
+        """The model that made this object (``properties["model"]``), if known."""
+        value = self.properties.get("model")
+        return None if value is None else str(value)
+
+    @property
+    def score(self) -> float | None:
+        """The model's confidence (``properties["score"]``), if known."""
+        value = self.properties.get("score")
+        return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What `read_geojson` found: the objects kept, and one line per Feature it skipped."""
+
+    objects: list[AnnotationObject]
+    skipped: list[str]
+
+
+# -- writing ---------------------------------------------------------------------------------
+def objects_to_feature_collection(objects: Iterable[AnnotationObject], *,
+                                  mpp: tuple[float, float] | None = None) -> dict[str, Any]:
+    """A GeoJSON FeatureCollection (a plain dict) with one Feature per object.
+
+    mpp : (x, y) µm per level-0 pixel; when given, ``measurements`` also carry the area in µm².
+    """
+    return {"type": "FeatureCollection",
+            "features": [_feature(obj, mpp=mpp) for obj in objects]}
+
+
+def write_geojson(objects: Iterable[AnnotationObject], path: str | os.PathLike[str], *,
+                  mpp: tuple[float, float] | None = None) -> Path:
+    """Write ``objects`` to ``path`` as a FeatureCollection (one Feature per line), atomically.
+
+    The file appears complete or not at all: it is written beside ``path`` and moved in place.
+    Returns the path written.
+    """
+    target = Path(path)
+    features = [_feature(obj, mpp=mpp) for obj in objects]
+    lines = ",\n".join(json.dumps(f, ensure_ascii=False, separators=(",", ":"))
+                       for f in features)
+    text = '{"type":"FeatureCollection","features":[\n' + lines + "\n]}\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part",
+                               dir=target.parent if str(target.parent) else ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    logger.info("wrote %d objects to %s", len(features), target)
+    return target
+
+
+def _feature(obj: AnnotationObject, *, mpp: tuple[float, float] | None) -> dict[str, Any]:
+    props: dict[str, Any] = {"objectType": obj.object_type, "id": obj.id}
+    if obj.class_name is not None:
+        cls: dict[str, Any] = {"name": obj.class_name}
+        if obj.color is not None:
+            cls["color"] = list(obj.color)
+        props["classification"] = cls
+    extra = {k: v for k, v in obj.properties.items() if k not in _OWN_KEYS}
+    measurements = dict(extra.pop("measurements", None) or {})
+    area = float(obj.geometry.area)
+    measurements["Area px^2"] = area
+    if mpp is not None:
+        mx, my = (float(v) for v in mpp)
+        if not (mx > 0 and my > 0):
+            raise AnnotationError(f"mpp must be two positive numbers (x, y) µm/px, got {mpp!r}")
+        measurements["Area µm^2"] = area * mx * my
+    props.update(extra)
+    props["measurements"] = measurements
+    return {"type": "Feature", "geometry": _geometry_json(obj.geometry), "properties": props}
+
+
+def _geometry_json(geom: Areal) -> dict[str, Any]:
+    geom = shapely.orient_polygons(geom)
+    if isinstance(geom, Polygon):
+        return {"type": "Polygon", "coordinates": _rings(geom)}
+    return {"type": "MultiPolygon", "coordinates": [_rings(p) for p in geom.geoms]}
+
+
+def _rings(poly: Polygon) -> list[list[list[float]]]:
+    if poly.is_empty:
+        return []
+    out = []
+    for ring in (poly.exterior, *poly.interiors):
+        xy = shapely.get_coordinates(ring)
+        ints = xy.astype(int)
+        out.append(ints.tolist() if (ints == xy).all() else xy.tolist())
+    return out
+
+
+# -- reading ---------------------------------------------------------------------------------
+def read_geojson(path: str | os.PathLike[str]) -> ImportResult:
+    """Read objects from a GeoJSON file as QuPath writes it (any version).
+
+    Accepts a FeatureCollection, a bare JSON array of Features, or a single Feature. Polygon
+    and MultiPolygon features (with holes) become objects; any other geometry (Point,
+    LineString, ...) is skipped, with one line in ``skipped`` saying which and why. Invalid
+    JSON or a file that is not GeoJSON raises `AnnotationError`.
+    """
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise AnnotationError(f"cannot read {source}: {err}") from err
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise AnnotationError(f"{source} is not valid JSON: {err.msg} at line {err.lineno}, "
+                              f"column {err.colno}") from err
+    return features_to_objects(data, source=str(source))
+
+
+def features_to_objects(data: Any, *, source: str = "GeoJSON") -> ImportResult:
+    """`read_geojson` for already-parsed JSON (a dict or a list)."""
+    features = _features(data, source)
+    objects: list[AnnotationObject] = []
+    skipped: list[str] = []
+    used: set[int] = set()
+    pending: list[tuple[int, dict[str, Any]]] = []
+    for index, feature in enumerate(features):
+        try:
+            parsed = _parse_feature(feature)
+        except _Skip as why:
+            skipped.append(f"feature {index}{_describe(feature)}: {why}")
+            continue
+        ident = parsed.pop("id")
+        if ident is not None and ident in used:
+            logger.warning("%s: feature %d repeats id %d; giving it a new id", source, index,
+                           ident)
+            ident = None
+        if ident is not None:
+            used.add(ident)
+        pending.append((-1 if ident is None else ident, parsed))
+    next_id = max(used, default=0) + 1
+    for ident, parsed in pending:
+        if ident < 0:
+            ident, next_id = next_id, next_id + 1
+        objects.append(AnnotationObject(id=ident, **parsed))
+    if skipped:
+        logger.info("%s: kept %d objects, skipped %d features", source, len(objects),
+                    len(skipped))
+    return ImportResult(objects=objects, skipped=skipped)
+
+
+class _Skip(Exception):
+    """A Feature that is readable GeoJSON but not an area we can keep."""
+
+
+def _features(data: Any, source: str) -> list[Any]:
+    if isinstance(data, list):
+        return data
+    if not isinstance(data, dict):
+        raise AnnotationError(f"{source} is not GeoJSON: top level is a "
+                              f"{type(data).__name__}, expected an object or an array")
+    kind = data.get("type")
+    if kind == "FeatureCollection":
+        features = data.get("features")
+        if not isinstance(features, list):
+            raise AnnotationError(f"{source}: FeatureCollection has no 'features' array")
+        return features
+    if kind == "Feature":
+        return [data]
+    if kind in ("Polygon", "MultiPolygon"):
+        return [{"type": "Feature", "geometry": data, "properties": {}}]
+    raise AnnotationError(f"{source} is not GeoJSON: expected a FeatureCollection, an array of "
+                          f"Features or a Feature, got type {kind!r}")
+
+
+def _parse_feature(feature: Any) -> dict[str, Any]:
+    if not isinstance(feature, dict) or feature.get("type") != "Feature":
+        raise _Skip("not a GeoJSON Feature")
+    props = feature.get("properties") or {}
+    if not isinstance(props, dict):
+        raise _Skip("'properties' is not an object")
+    geometry = _geometry(feature.get("geometry"))
+    class_name, color = _classification(props.get("classification"))
+    if color is None and props.get("color") is not None:
+        color = _color_or_none(props.get("color"))
+    object_type = props.get("objectType") or props.get("object_type")
+    if not isinstance(object_type, str):
+        object_type = _LEGACY_TYPES.get(str(feature.get("id")), "annotation")
+    ident = props.get("id")
+    if isinstance(ident, bool) or not isinstance(ident, int) or ident <= 0:
+        ident = None
+    extra = {k: v for k, v in props.items() if k not in _OWN_KEYS}
+    fid = feature.get("id")
+    if isinstance(fid, str) and fid not in _LEGACY_TYPES:
+        extra.setdefault("uuid", fid)
+    return {"id": ident, "geometry": geometry, "class_name": class_name, "color": color,
+            "properties": extra, "object_type": object_type}
+
+
+def _geometry(geom: Any) -> Areal:
+    if not isinstance(geom, dict):
+        raise _Skip("no geometry")
+    kind = geom.get("type")
+    if kind not in ("Polygon", "MultiPolygon"):
+        raise _Skip(f"{kind} geometry is not an area; only Polygon and MultiPolygon are read")
+    try:
+        coords = geom["coordinates"]
+        if kind == "Polygon":
+            shape: Areal = Polygon(coords[0], coords[1:]) if coords else Polygon()
+        else:
+            shape = MultiPolygon([Polygon(p[0], p[1:]) for p in coords if p])
+    except (KeyError, IndexError, TypeError, ValueError, shapely.errors.ShapelyError) as err:
+        raise _Skip(f"malformed {kind} coordinates ({err})") from err
+    if shape.is_empty:
+        raise _Skip(f"empty {kind}")
+    if not shape.is_valid:
+        reason = shapely.is_valid_reason(shape)
+        shape = polygonal(shapely.make_valid(shape, method="structure", keep_collapsed=False))
+        if shape.is_empty:
+            raise _Skip(f"invalid {kind} ({reason}) with no area left after repair")
+        logger.info("repaired an invalid %s (%s)", kind, reason)
+    return shape
+
+
+def _classification(cls: Any) -> tuple[str | None, RGB | None]:
+    if cls is None:
+        return None, None
+    if isinstance(cls, str):
+        return cls, None
+    if not isinstance(cls, Mapping):
+        return None, None
+    name = cls.get("name")
+    names = cls.get("names")                      # QuPath's derived classes: ["Tumor", "Positive"]
+    if name is None and isinstance(names, list) and names:
+        name = ": ".join(str(n) for n in names)
+    color = _color_or_none(cls.get("color"))
+    if color is None and cls.get("colorRGB") is not None:
+        color = _color_or_none(cls.get("colorRGB"))
+    return (None if name is None else str(name)), color
+
+
+def _color_or_none(value: Any) -> RGB | None:
+    """[r, g, b] (or [r, g, b, a]) or a packed (A)RGB int, possibly negative, -> (r, g, b)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        packed = value & 0xFFFFFFFF                # QuPath packs ARGB in a signed 32-bit int
+        return (packed >> 16) & 255, (packed >> 8) & 255, packed & 255
+    if isinstance(value, list) and len(value) in (3, 4):
+        try:
+            return _rgb(tuple(value[:3]), "colour")
+        except AnnotationError:
+            return None
+    return None
+
+
+def _rgb(value: Any, what: str) -> RGB:
+    try:
+        r, g, b = (int(v) for v in value)
+    except (TypeError, ValueError) as err:
+        raise AnnotationError(f"{what}: colour must be (r, g, b) ints, got {value!r}") from err
+    if not all(0 <= v <= 255 for v in (r, g, b)):
+        raise AnnotationError(f"{what}: colour values must be 0..255, got {value!r}")
+    return r, g, b
+
+
+def _describe(feature: Any) -> str:
+    if not isinstance(feature, dict):
+        return ""
+    props = feature.get("properties")
+    if not isinstance(props, dict):
+        return ""
+    bits = []
+    if props.get("id") is not None:
+        bits.append(f"id={props['id']}")
+    name = _classification(props.get("classification"))[0]
+    if name is not None:
+        bits.append(f"class {name!r}")
+    return f" ({', '.join(bits)})" if bits else ""
