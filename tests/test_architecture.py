@@ -11,6 +11,8 @@ RULES = [
     ("napari_wsi_sam.slide", ["torch", "napari", "qtpy"]),
     ("napari_wsi_sam.model", ["napari", "qtpy", "tifffile", "zarr"]),
     ("napari_wsi_sam.assets", ["torch", "napari"]),
+    ("napari_wsi_sam.annotations", ["torch", "napari", "qtpy"]),
+    ("napari_wsi_sam.pipeline", ["napari", "qtpy"]),
     ("napari_wsi_sam.prompts", ["torch", "napari", "tifffile"]),
 ]
 
