@@ -1,6 +1,5 @@
-"""Annotations: masks <-> polygons in level-0 pixels, and QuPath-compatible GeoJSON.
-
-Pure numpy + shapely; never imports torch or napari.
+"""Annotations: masks <-> polygons in level-0 pixels, QuPath-compatible GeoJSON, and the
+persistent slide-sized label pyramid. Never imports torch or napari.
 """
 
 from __future__ import annotations
@@ -13,11 +12,15 @@ from .geojson import (
     read_geojson,
     write_geojson,
 )
+from .labels import LabelObject, LabelStore, default_folder
 from .polygons import geometry_to_mask, labels_to_geometries, mask_to_geometry, polygonal
 
 __all__ = [
     "AnnotationObject",
     "ImportResult",
+    "LabelObject",
+    "LabelStore",
+    "default_folder",
     "features_to_objects",
     "geometry_to_mask",
     "labels_to_geometries",
