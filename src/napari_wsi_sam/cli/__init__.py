@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import WsiSamError
-from . import data, demo, slide, view, weights
+from . import data, demo, segment, slide, view, weights
 
-COMMAND_MODULES = [data, slide, demo, view, weights]
+COMMAND_MODULES = [data, slide, demo, segment, view, weights]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,150 @@
+"""``napari-wsi-sam segment``: the widget's pipeline without Qt.
+
+One box (with optional points) becomes one object; or every polygon of a QuPath GeoJSON file
+is refined (batch refine). Objects go into the slide's label store and this run's objects are
+exported to GeoJSON (``--all``: every object of the store). Coordinates are level-0 pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import AnnotationError, PromptError
+from ..prompts import Prompt
+
+EPILOG = """\
+coordinates are level-0 slide pixels (x, y), boxes X0 Y0 X1 Y1.
+examples:
+  napari-wsi-sam segment slide.svs --box 1185 1980 1345 2185 --out follicle.geojson
+  napari-wsi-sam segment slide.svs --box 1185 1980 1345 2185 --negative-point 1300 2150 \\
+      --class follicle --out follicle.geojson
+  napari-wsi-sam segment slide.svs --prompts coarse.geojson --out refined.geojson
+objects are added to the label store (--labels, default <slide stem>.wsi-sam/ beside the
+slide); --out gets the objects of this run only, or every object of the store with --all.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "segment", help="segment a box, or refine every polygon of a GeoJSON file, headless",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("slide", type=Path, help="slide file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
+                        help="one object: box in level-0 pixels")
+    source.add_argument("--prompts", type=Path, metavar="FILE.geojson",
+                        help="batch: refine every Polygon/MultiPolygon of a QuPath GeoJSON file "
+                             "(its bounds as the box, its class kept)")
+    parser.add_argument("--point", type=float, nargs=2, action="append", default=[],
+                        metavar=("X", "Y"), help="positive point (with --box; repeatable)")
+    parser.add_argument("--negative-point", type=float, nargs=2, action="append", default=[],
+                        metavar=("X", "Y"), help="negative point (with --box; repeatable)")
+    parser.add_argument("--mask-prompts", action="store_true",
+                        help="with --prompts: give each polygon's own mask as a mask prompt")
+    parser.add_argument("--model", default="sam", choices=["sam", "wsi-sam", "medsam"],
+                        help="model to run (default: sam, until a trained WSI-SAM head ships)")
+    parser.add_argument("--hr-mpp", type=float, default=1.0,
+                        help="HR crop µm/px (default 1.0 = 10x; LR is twice that)")
+    parser.add_argument("--mpp", type=float, default=None,
+                        help="µm/px of the slide, when it does not record one")
+    parser.add_argument("--class", dest="class_name", default="object",
+                        help="class of new objects (with --prompts: of unclassified features)")
+    parser.add_argument("--color", type=int, nargs=3, default=(255, 255, 0),
+                        metavar=("R", "G", "B"), help="colour of that class, 0..255")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    parser.add_argument("--labels", type=Path, default=None, metavar="DIR",
+                        help="label store folder (default: <slide stem>.wsi-sam/ beside the "
+                             "slide; created when missing, else added to)")
+    parser.add_argument("--out", type=Path, required=True, metavar="OUT.geojson",
+                        help="GeoJSON file for the objects of this run")
+    parser.add_argument("--all", action="store_true",
+                        help="export every object of the label store, not only this run's")
+    parser.set_defaults(func=_segment)
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from ..annotations.labels import LabelStore
+    from ..model.predictor import WsiSamPredictor
+    from ..pipeline import export_geojson, prompts_from_geojson, segment_prompt, store_segmented
+    from ..slide import open_slide
+
+    _check_args(args)
+    items = None
+    if args.prompts is not None:
+        items, skipped = prompts_from_geojson(args.prompts)
+        if not items:
+            raise PromptError(f"{args.prompts} holds no Polygon or MultiPolygon to refine "
+                              f"({len(skipped)} features skipped)")
+        for line in skipped:
+            print(f"napari-wsi-sam: skipped {line}", file=sys.stderr)
+    with open_slide(args.slide, mpp=args.mpp) as slide:
+        mpp = slide.require_mpp()
+        store = LabelStore.for_slide(slide, folder=args.labels)
+        predictor = WsiSamPredictor(model=args.model, device=args.device)
+        color = tuple(args.color)
+        if items is None:
+            points = [*args.point, *args.negative_point]
+            labels = [1] * len(args.point) + [0] * len(args.negative_point)
+            prompt = Prompt(box=np.asarray(args.box), points=np.asarray(points).reshape(-1, 2),
+                            labels=np.asarray(labels, dtype=np.int64))
+            obj = segment_prompt(slide, prompt, predictor, hr_mpp=args.hr_mpp, model=args.model)
+            ids = [store_segmented(store, obj, class_name=args.class_name, color=color,
+                                   prompt=prompt)]
+            print(f"object {ids[0]}: {obj.area_um2(mpp):.0f} µm², score {obj.score:.2f}",
+                  file=sys.stderr)
+        else:
+            ids = _run_batch(slide, items, predictor, store=store, args=args, mpp=mpp)
+        written = export_geojson(store, args.out, mpp=mpp, ids=None if args.all else ids)
+    print(f"{written} objects written to {args.out} ({len(ids)} new; labels in {store.folder})")
+    return 0
+
+
+def _run_batch(slide, items, predictor, *, store, args: argparse.Namespace,
+               mpp: tuple[float, float]) -> list[int]:
+    """Refine `items`, one progress line per item on stderr; returns the new object ids.
+    Ctrl-C stops after the current object; the finished ones are kept and exported."""
+    from ..pipeline import refine_batch
+
+    ids: list[int] = []
+    errors = 0
+    batch = refine_batch(slide, items, predictor, store=store, hr_mpp=args.hr_mpp,
+                         model=args.model, default_class=args.class_name,
+                         default_color=tuple(args.color), use_mask_prompts=args.mask_prompts)
+    try:
+        for step in batch:
+            eta = "" if step.seconds_left is None else f", about {step.seconds_left:.0f} s left"
+            if step.object_id is None:
+                errors += 1
+                what = f"no object: {step.error}"
+            else:
+                ids.append(step.object_id)
+                record = store.objects[step.object_id]
+                what = f"object {step.object_id} ({record.area * mpp[0] * mpp[1]:.0f} µm²)"
+            print(f"[{step.done}/{step.total}] {what}{eta}", file=sys.stderr)
+    except KeyboardInterrupt:
+        batch.close()
+        print(f"napari-wsi-sam: interrupted; keeping the {len(ids)} objects done",
+              file=sys.stderr)
+    if not ids:
+        raise PromptError(f"none of the {len(items)} prompts gave an object ({errors} failed)")
+    return ids
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """User errors that need no slide or model, as one line each."""
+    if args.prompts is not None and (args.point or args.negative_point):
+        raise PromptError("--point and --negative-point refine one --box; they do not apply "
+                          "to --prompts")
+    if args.prompts is not None and not args.prompts.is_file():
+        raise AnnotationError(f"prompts file {args.prompts} does not exist")
+    if args.mask_prompts and args.prompts is None:
+        raise PromptError("--mask-prompts applies to --prompts only")
+    if not all(0 <= v <= 255 for v in args.color):
+        raise PromptError(f"--color needs three values 0..255, got {args.color}")
+    parent = args.out.parent if str(args.out.parent) else Path(".")
+    if not parent.is_dir():
+        raise AnnotationError(f"cannot write {args.out}: folder {parent} does not exist")
