@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -61,11 +62,20 @@ def test_corrupt_slide_is_one_line_error(make_napari_viewer, asset_path):
 
 
 @pytest.fixture
-def viewer_with_widget(make_napari_viewer, sample_slide):
+def slide_copy(sample_slide, tmp_path):
+    """The sample slide copied to a fresh folder: its label store lands beside it."""
+    copy = tmp_path / sample_slide.name
+    shutil.copy(sample_slide, copy)
+    return copy
+
+
+@pytest.fixture
+def viewer_with_widget(make_napari_viewer, slide_copy):
     viewer = make_napari_viewer(show=True)
-    viewer.open(str(sample_slide), plugin="napari-wsi-sam")
+    viewer.open(str(slide_copy), plugin="napari-wsi-sam")
     _, widget = viewer.window.add_plugin_dock_widget("napari-wsi-sam", "WSI-SAM")
     assert isinstance(widget, WsiSamWidget)
+    widget._live.value = False  # tests add shapes by code, then act explicitly
     return viewer, widget
 
 
@@ -116,10 +126,14 @@ def test_view_command_writes_a_screenshot_with_the_widget(sample_slide, tmp_path
     assert image[..., :3].std() > 10
 
 
-def test_slide_without_pixel_size_asks_for_one(make_napari_viewer, qtbot, asset_path):
+def test_slide_without_pixel_size_asks_for_one(make_napari_viewer, qtbot, asset_path,
+                                                tmp_path):
     viewer = make_napari_viewer()
-    viewer.open(str(asset_path("boxes.tiff")), plugin="napari-wsi-sam")  # no mpp in the file
+    boxes = tmp_path / "boxes.tiff"
+    shutil.copy(asset_path("boxes.tiff"), boxes)
+    viewer.open(str(boxes), plugin="napari-wsi-sam")  # no mpp in the file
     _, widget = viewer.window.add_plugin_dock_widget("napari-wsi-sam", "WSI-SAM")
+    widget._live.value = False
     assert "no pixel size" in widget._slide_info.value
     assert widget._mpp.enabled
     slide_layer = viewer.layers[0]
