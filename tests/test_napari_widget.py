@@ -180,3 +180,36 @@ def test_cancel_keeps_the_objects_already_done(make_napari_viewer, qtbot, slide_
     assert 1 <= done < len(STRUCTURES)
     assert set(LabelStore.open(widget.store.folder).objects) == set(widget.store.objects)
     assert not widget._cancel.enabled
+
+
+def test_chosen_labels_folder_and_classes_come_back(make_napari_viewer, qtbot, slide_copy,
+                                                    tmp_path):
+    viewer, widget = open_annotator(make_napari_viewer, slide_copy)
+    widget._live.value = False
+    folder = tmp_path / "my-labels"
+    widget._labels_folder.value = str(folder)
+    assert widget.store.folder == folder
+    widget._new_class.value = "follicle"  # a class of the user's own
+    draw_box(viewer, FOLLICLE)
+    widget.segment_box()
+    wait_idle(widget, qtbot)
+    assert [o.class_name for o in LabelStore.open(folder).objects.values()] == ["follicle"]
+    viewer.close()
+
+    _, again = open_annotator(make_napari_viewer, slide_copy)
+    again._labels_folder.value = str(folder)
+    assert "follicle" in again.classes and len(again.store.objects) == 1
+
+
+def test_ellipse_shapes_give_elliptic_mask_prompts(make_napari_viewer, slide_copy):
+    from napari_wsi_sam._widget_io import shapes_to_items
+
+    viewer, _ = open_annotator(make_napari_viewer, slide_copy)
+    slide_layer = viewer.layers[0]
+    corners = box_to_world_corners(np.array([100.0, 200.0, 300.0, 300.0]),
+                                   scale=slide_layer.scale)
+    layer = viewer.add_shapes([corners / slide_layer.scale], shape_type="ellipse",
+                              scale=slide_layer.scale)
+    (item,) = shapes_to_items(layer, slide_layer, with_masks=True)
+    mask, _ = item.mask
+    assert abs(mask.sum() - np.pi * 100 * 50) / (np.pi * 100 * 50) < 0.02

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
+    FileEdit,
     FloatSpinBox,
     Label,
     LineEdit,
@@ -59,6 +62,13 @@ DEFAULT_CLASSES = {"tumour": "#e41a1c", "DCIS": "#984ea3", "stroma": "#4daf4a",
                    "necrosis": "#ff7f00", "other": "#ffff33"}
 EXTRA_COLORS = ["#377eb8", "#a65628", "#f781bf", "#17becf", "#999999"]
 
+def _as_hex(color: Any) -> str:
+    """A stored class colour ('#rrggbb' or r, g, b 0..255) as '#rrggbb'."""
+    if isinstance(color, str):
+        return color
+    return "#" + "".join(f"{round(float(c)):02x}" for c in list(color)[:3])
+
+
 def hex_to_rgb(color: str) -> tuple[int, int, int]:
     value = color.lstrip("#")
     return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
@@ -96,6 +106,9 @@ class WsiSamWidget(Container):
                                 value="auto")
         self._class = ComboBox(label="Class", choices=self._class_choices, value="other")
         self._new_class = LineEdit(label="New class", tooltip="Type a name, press Enter")
+        self._labels_folder = FileEdit(
+            label="Labels folder", mode=FileDialogMode.EXISTING_DIRECTORY, value=None,
+            tooltip="Where the label pyramid lives; empty: <slide name>.wsi-sam beside the slide")
         self._live = CheckBox(text="Segment as I draw", value=True)
         self._segment = PushButton(text="Segment")
         self._batch_layer = ComboBox(label="Batch layer", choices=self._shapes_layer_choices)
@@ -109,10 +122,13 @@ class WsiSamWidget(Container):
         self._status = Label(value="Draw a rectangle in the 'WSI-SAM prompts' layer.")
         super().__init__(widgets=[
             self._slide_layer, self._slide_info, self._mpp, self._model, self._magnification,
-            self._threshold, self._device, self._class, self._new_class, self._live,
+            self._threshold, self._device, self._class, self._new_class, self._labels_folder,
+            self._live,
             self._segment, self._batch_layer, self._batch_masks, self._batch, self._cancel,
             self._undo, self._export, self._import, self._show_fields, self._status])
         self._slide_layer.changed.connect(self._on_slide_layer)
+        self._labels_folder.changed.connect(
+            lambda _=None: self._on_slide_layer(self._slide_layer.value))
         self._new_class.changed.connect(self._add_class)
         self._segment.changed.connect(lambda _=None: self.segment_box())
         self._batch.changed.connect(lambda _=None: io.batch_refine(self))
@@ -175,15 +191,24 @@ class WsiSamWidget(Container):
             points.events.data.connect(self._on_point)
         try:
             slide = open_layer_slide(layer)
-            self.store = LabelStore.for_slide(slide)
+            self.store = LabelStore.for_slide(slide, folder=self.labels_folder())
         except WsiSamError as error:
             self._report(str(error))
             return
+        for record in self.store.objects.values():  # classes made on earlier days
+            if record.class_name not in self.classes:
+                self.classes[record.class_name] = _as_hex(record.color)
+        self._class.reset_choices()
         show_store(self._viewer, self.store, layer)
         self._viewer.layers.selection.active = prompts
         if self.store.objects:
             self._status.value = (f"{len(self.store.objects)} objects restored from "
                                   f"{self.store.folder}")
+
+    def labels_folder(self) -> Path | None:
+        """The chosen label-store folder, or None for the default beside the slide."""
+        value = str(self._labels_folder.value or "").strip()
+        return Path(value) if value not in ("", ".") else None
 
     def prompts_layer(self) -> Shapes:
         return ensure_prompts_layer(self._viewer, self._slide_layer.value)

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 from napari.layers import Shapes
 from napari.utils.notifications import show_error, show_info
-from shapely.geometry import Polygon
+from shapely import affinity
+from shapely.geometry import Point, Polygon
 
 from ._annotation_layers import IMPORTED_LAYER, aligned_with, xy_to_data
 from ._coords import world_to_slide
@@ -100,11 +101,20 @@ def shapes_to_items(layer: Shapes, slide_layer: Any, *, with_masks: bool) -> lis
         box = np.concatenate([xy.min(axis=0), xy.max(axis=0)])
         mask = None
         if with_masks and len(xy) >= 3:
-            mask = geometry_to_mask(Polygon(xy).buffer(0))
+            outline = (_ellipse(xy) if layer.shape_type[index] == "ellipse"
+                       else Polygon(xy).buffer(0))
+            mask = geometry_to_mask(outline)
         name = str(classes.iloc[index]) if classes is not None else ""
         items.append(BatchItem(prompt=Prompt(box=box), class_name=name or None, mask=mask,
                                source=f"{layer.name}[{index}]"))
     return items
+
+
+def _ellipse(corners_xy: np.ndarray) -> Polygon:
+    """The ellipse napari draws inside its (4, 2) bounding-box corners, as a polygon."""
+    (x0, y0), (x1, y1) = corners_xy.min(axis=0), corners_xy.max(axis=0)
+    circle = Point((x0 + x1) / 2, (y0 + y1) / 2).buffer(1.0, quad_segs=32)
+    return affinity.scale(circle, (x1 - x0) / 2, (y1 - y0) / 2)
 
 
 def batch_refine(widget: WsiSamWidget, layer: Shapes | None = None) -> Any:

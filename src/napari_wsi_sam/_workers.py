@@ -67,7 +67,7 @@ def cut_crops(slide: Slide, prompt: Prompt, hr_mpp: float) -> CropPair | UserErr
         return UserError(str(error))
 
 
-@thread_worker
+@thread_worker(progress={"total": 0})  # an indeterminate bar while the model works
 def segment(job: SegmentJob) -> Segmented | UserError:
     """Segment one prompt and store it (replacing `job.replace`, the object being refined)."""
     started = time.perf_counter()
