@@ -66,7 +66,7 @@ def test_demo_command_writes_its_outputs(sample_slide, tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", str(sample_slide), "--out", str(out), "--device", "cpu"]) == 0
     for name in ("hr.png", "lr.png", "crops.json", "mask.png", "overlay.png", "result.json",
-                 "slide.json"):
+                 "slide.json", "objects.geojson"):
         assert (out / name).is_file(), name
     result = json.loads((out / "result.json").read_text())
     assert result["model"] == "sam" and result["area_um2"] > 1000

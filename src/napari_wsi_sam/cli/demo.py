@@ -1,7 +1,7 @@
 """``napari-wsi-sam demo``: the main job without a display.
 
 One box on the slide goes through the whole pipeline (crops, encoder, decoder, mask back in
-level-0 pixels); everything a person would look at is written to ``--out``.
+level-0 pixels, QuPath GeoJSON); everything a person would look at is written to ``--out``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..annotations import AnnotationObject, mask_to_geometry, write_geojson
 from ..assets import SAMPLE_SLIDE
 from ..errors import PromptError
 from ..pipeline import CropPairCache, SegmentedObject, segment_prompt
@@ -66,6 +67,10 @@ def _demo(args: argparse.Namespace) -> int:
         crops = write_crops(obj.crops, prompt, args.out, slide_path=args.slide)
         _write_mask_images(obj, args.out)
         mpp = slide.require_mpp()
+        write_geojson([AnnotationObject(
+            id=1, geometry=mask_to_geometry(obj.mask, obj.window), class_name="object",
+            color=(255, 255, 0), properties={"model": obj.model, "score": obj.score})],
+            args.out / "objects.geojson", mpp=mpp)
     result = {
         "model": obj.model, "device": str(predictor.device), "score": round(obj.score, 4),
         "window_level0": list(obj.window), "area_px": obj.area_px,
