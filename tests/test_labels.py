@@ -314,3 +314,21 @@ def test_100k_slide_add_is_memory_bounded_and_writes_only_touched_chunks(tmp_pat
     assert got.sum() == mask.sum()
     store.undo()
     assert chunk_files(store.folder) == {}
+
+
+def test_object_masks_read_in_groups_equal_one_by_one(tmp_path):
+    store = LabelStore.create(tmp_path / "s", shape=(3000, 3000), downsamples=[1.0, 4.0],
+                              chunk=512, durable=False)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        x0, y0 = (int(v) for v in rng.integers(0, 2900, 2))
+        w, h = (int(v) for v in rng.integers(5, 90, 2))
+        mask = rng.random((min(h, 3000 - y0), min(w, 3000 - x0))) > 0.3
+        mask[0, 0] = True
+        store.add_object(mask, (x0, y0, x0 + mask.shape[1], y0 + mask.shape[0]))
+    grouped = store.object_masks()
+    assert [i for i, _, _ in grouped] == list(store.objects)
+    for object_id, mask, window in grouped:
+        alone, alone_window = store.object_mask(object_id)
+        assert window == alone_window
+        np.testing.assert_array_equal(mask, alone)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -207,6 +208,30 @@ class LabelStore:
         """(mask (h, w) bool, window) of the object's pixels still visible at level 0."""
         record = self._record(object_id)
         return self.read_window(0, record.window) == object_id, record.window
+
+    def object_masks(self, ids: Iterable[int] | None = None
+                     ) -> list[tuple[int, np.ndarray, Window]]:
+        """(id, mask, window) of many objects (default all), in table order, like
+        `object_mask` but reading each level-0 region once: objects are grouped by the chunk
+        that holds their window's top-left corner, and each group's bounding window is read
+        in one go (an export of 10,000 nuclei would otherwise decode each chunk hundreds of
+        times)."""
+        records = ([self._record(i) for i in ids] if ids is not None
+                   else list(self.objects.values()))
+        groups: dict[tuple[int, int], list[LabelObject]] = {}
+        for record in records:
+            x0, y0 = record.window[:2]
+            groups.setdefault((y0 // self.chunk, x0 // self.chunk), []).append(record)
+        masks: dict[int, np.ndarray] = {}
+        for group in groups.values():
+            gx0 = min(r.window[0] for r in group)
+            gy0 = min(r.window[1] for r in group)
+            block = self.read_window(0, (gx0, gy0, max(r.window[2] for r in group),
+                                         max(r.window[3] for r in group)))
+            for r in group:
+                x0, y0, x1, y1 = r.window
+                masks[r.id] = block[y0 - gy0:y1 - gy0, x0 - gx0:x1 - gx0] == r.id
+        return [(r.id, masks[r.id], r.window) for r in records]
 
     # -- writing ---------------------------------------------------------------------------
     def add_object(self, mask: np.ndarray, window: Window, *, class_name: str = "object",

@@ -40,14 +40,14 @@ def store_segmented(store: LabelStore, obj: SegmentedObject, *, class_name: str,
 def store_to_objects(store: LabelStore, *, ids: Collection[int] | None = None
                      ) -> list[AnnotationObject]:
     """The store's objects (all, or those in `ids`) as annotation objects: geometry traced
-    from the pixels still visible at level 0 (`LabelStore.object_mask`), class, colour as
+    from the pixels still visible at level 0 (`LabelStore.object_masks`), class, colour as
     (r, g, b) 0..255, properties ``model`` and ``score``. An object wholly covered by later
     ones has no pixels left and is left out (logged)."""
     out: list[AnnotationObject] = []
-    for object_id, record in store.objects.items():
-        if ids is not None and object_id not in ids:
-            continue
-        mask, window = store.object_mask(object_id)
+    records = store.objects
+    wanted = [i for i in records if ids is None or i in ids]
+    for object_id, mask, window in store.object_masks(wanted):
+        record = records[object_id]
         if not mask.any():
             logger.info("object %d is wholly covered by later objects; not exported", object_id)
             continue
