@@ -189,16 +189,18 @@ def test_chosen_labels_folder_and_classes_come_back(make_napari_viewer, qtbot, s
     folder = tmp_path / "my-labels"
     widget._labels_folder.value = str(folder)
     assert widget.store.folder == folder
-    widget._new_class.value = "follicle"  # a class of the user's own
+    widget._new_class.value = "follicle"  # a class of the user's own, in a colour of theirs
+    widget._class_color.value = "#00C800"
     draw_box(viewer, FOLLICLE)
     widget.segment_box()
     wait_idle(widget, qtbot)
-    assert [o.class_name for o in LabelStore.open(folder).objects.values()] == ["follicle"]
+    (record,) = LabelStore.open(folder).objects.values()
+    assert (record.class_name, record.color) == ("follicle", "#00c800")
     viewer.close()
 
     _, again = open_annotator(make_napari_viewer, slide_copy)
     again._labels_folder.value = str(folder)
-    assert "follicle" in again.classes and len(again.store.objects) == 1
+    assert again.classes["follicle"] == "#00c800" and len(again.store.objects) == 1
 
 
 def test_ellipse_shapes_give_elliptic_mask_prompts(make_napari_viewer, slide_copy):

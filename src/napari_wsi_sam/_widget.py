@@ -10,6 +10,7 @@ does, a script can do with `pipeline` and `annotations`. Long work runs in threa
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -106,6 +107,8 @@ class WsiSamWidget(Container):
                                 value="auto")
         self._class = ComboBox(label="Class", choices=self._class_choices, value="other")
         self._new_class = LineEdit(label="New class", tooltip="Type a name, press Enter")
+        self._class_color = LineEdit(label="Class colour", value=self.classes["other"],
+                                     tooltip="#rrggbb of the chosen class")
         self._labels_folder = FileEdit(
             label="Labels folder", mode=FileDialogMode.EXISTING_DIRECTORY, value=None,
             tooltip="Where the label pyramid lives; empty: <slide name>.wsi-sam beside the slide")
@@ -122,7 +125,8 @@ class WsiSamWidget(Container):
         self._status = Label(value="Draw a rectangle in the 'WSI-SAM prompts' layer.")
         super().__init__(widgets=[
             self._slide_layer, self._slide_info, self._mpp, self._model, self._magnification,
-            self._threshold, self._device, self._class, self._new_class, self._labels_folder,
+            self._threshold, self._device, self._class, self._new_class, self._class_color,
+            self._labels_folder,
             self._live,
             self._segment, self._batch_layer, self._batch_masks, self._batch, self._cancel,
             self._undo, self._export, self._import, self._show_fields, self._status])
@@ -130,6 +134,9 @@ class WsiSamWidget(Container):
         self._labels_folder.changed.connect(
             lambda _=None: self._on_slide_layer(self._slide_layer.value))
         self._new_class.changed.connect(self._add_class)
+        self._class.changed.connect(
+            lambda name: setattr(self._class_color, "value", self.classes.get(name, "")))
+        self._class_color.changed.connect(self._set_class_color)
         self._segment.changed.connect(lambda _=None: self.segment_box())
         self._batch.changed.connect(lambda _=None: io.batch_refine(self))
         self._cancel.changed.connect(self.cancel)
@@ -171,6 +178,12 @@ class WsiSamWidget(Container):
             return item
         self._add_class(item.class_name, select=False)
         return replace(item, color=hex_to_rgb(self.classes[item.class_name]))
+
+    def _set_class_color(self, value: str) -> None:
+        """A '#rrggbb' typed for the chosen class; anything else is ignored until complete."""
+        value = value.strip()
+        if re.fullmatch(r"#[0-9a-fA-F]{6}", value):
+            self.classes[str(self._class.value)] = value.lower()
 
     def _on_slide_layer(self, layer: Image | None) -> None:
         if layer is None:
