@@ -15,6 +15,7 @@ from napari.utils.colormaps import DirectLabelColormap
 
 from ._coords import slide_to_world
 from .annotations import LabelStore
+from .pipeline.objects import as_rgb
 
 if TYPE_CHECKING:
     import napari
@@ -88,8 +89,7 @@ def refresh_store_layer(layer: Labels, store: LabelStore) -> None:
     })
 
 
-def _rgba(color: Any) -> Any:
-    """A class colour as napari takes it: '#rrggbb' as is, (r, g, b) 0..255 scaled to 0..1."""
-    if isinstance(color, str):
-        return color
-    return [c / 255.0 for c in color[:3]] + [1.0]
+def _rgba(color: Any) -> list[float]:
+    """A class colour as napari takes it: (r, g, b, a) 0..1; yellow if unreadable."""
+    r, g, b = as_rgb(color) or (255, 255, 0)
+    return [r / 255.0, g / 255.0, b / 255.0, 1.0]

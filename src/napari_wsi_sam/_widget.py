@@ -48,6 +48,7 @@ from .annotations import LabelStore
 from .errors import PromptError, WsiSamError
 from .pipeline import CropPairCache
 from .pipeline.batch import BatchItem
+from .pipeline.objects import as_rgb
 from .prompts import Prompt
 from .slide import CropPair
 
@@ -64,15 +65,9 @@ DEFAULT_CLASSES = {"tumour": "#e41a1c", "DCIS": "#984ea3", "stroma": "#4daf4a",
 EXTRA_COLORS = ["#377eb8", "#a65628", "#f781bf", "#17becf", "#999999"]
 
 def _as_hex(color: Any) -> str:
-    """A stored class colour ('#rrggbb' or r, g, b 0..255) as '#rrggbb'."""
-    if isinstance(color, str):
-        return color
-    return "#" + "".join(f"{round(float(c)):02x}" for c in list(color)[:3])
-
-
-def hex_to_rgb(color: str) -> tuple[int, int, int]:
-    value = color.lstrip("#")
-    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
+    """A stored class colour (any form `as_rgb` reads) as '#rrggbb'; yellow if unreadable."""
+    r, g, b = as_rgb(color) or (255, 255, 0)
+    return f"#{r:02x}{g:02x}{b:02x}"
 
 
 __all__ = ["FIELDS_LAYER", "POINTS_LAYER", "PROMPTS_LAYER", "WsiSamWidget"]
@@ -177,7 +172,7 @@ class WsiSamWidget(Container):
         if not item.class_name:
             return item
         self._add_class(item.class_name, select=False)
-        return replace(item, color=hex_to_rgb(self.classes[item.class_name]))
+        return replace(item, color=as_rgb(self.classes[item.class_name]))
 
     def _set_class_color(self, value: str) -> None:
         """A '#rrggbb' typed for the chosen class; anything else is ignored until complete."""
