@@ -1,9 +1,12 @@
-"""Annotations: masks <-> polygons in level-0 pixels, QuPath-compatible GeoJSON, and the
-persistent slide-sized label pyramid. Never imports torch or napari.
+"""Annotations: masks <-> polygons in level-0 pixels, QuPath-compatible GeoJSON, readers of
+public training-data formats (ASAP XML, COCO, GeoParquet, instance masks), and the persistent
+slide-sized label pyramid. Never imports torch or napari.
 """
 
 from __future__ import annotations
 
+from .asap_xml import read_asap_xml, write_asap_xml
+from .coco import read_coco, write_coco
 from .geojson import (
     AnnotationObject,
     ImportResult,
@@ -12,10 +15,13 @@ from .geojson import (
     read_geojson,
     write_geojson,
 )
+from .geoparquet import read_geoparquet
+from .instance_masks import HISTOLYTICS_NUCLEI_CLASSES, instance_mask_objects, read_instance_masks
 from .labels import LabelObject, LabelStore, default_folder
 from .polygons import geometry_to_mask, labels_to_geometries, mask_to_geometry, polygonal
 
 __all__ = [
+    "HISTOLYTICS_NUCLEI_CLASSES",
     "AnnotationObject",
     "ImportResult",
     "LabelObject",
@@ -23,10 +29,17 @@ __all__ = [
     "default_folder",
     "features_to_objects",
     "geometry_to_mask",
+    "instance_mask_objects",
     "labels_to_geometries",
     "mask_to_geometry",
     "objects_to_feature_collection",
     "polygonal",
+    "read_asap_xml",
+    "read_coco",
     "read_geojson",
+    "read_geoparquet",
+    "read_instance_masks",
+    "write_asap_xml",
+    "write_coco",
     "write_geojson",
 ]
