@@ -273,3 +273,13 @@ def test_no_mpp_needs_one(asset_path):
             concentric_crops(slide, Prompt.from_points([[100, 100]]))
         pair = concentric_crops(slide.with_mpp(0.5), Prompt.from_points([[100, 100]]), size=64)
         assert pair.hr.level == 1 and pair.lr.level == 2
+
+
+def test_hr_to_lr_keeps_the_shape_of_point_batches(sample_slide):
+    """(N, K, 2) points (several clicks per prompt) map point by point and keep their shape."""
+    with open_slide(sample_slide) as slide:
+        pair = concentric_crops(slide, Prompt.from_box([1000, 1000, 1100, 1080]), hr_mpp=1.0)
+    points = np.array([[[512.0, 512.0], [600.0, 400.0]], [[0.0, 0.0], [1024.0, 1024.0]]])
+    mapped = pair.hr_to_lr(points)
+    assert mapped.shape == points.shape
+    np.testing.assert_allclose(mapped, points / 2 + 256, atol=1e-6)

@@ -14,6 +14,7 @@ on one crop pair run as one decoder batch; see `device` for the out-of-memory po
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Hashable, Mapping
@@ -43,14 +44,18 @@ from .prompt_arrays import (
     lr_prompts,
     map_masks,
     prompt_arrays,
+    to_prompts,
 )
 from .sam import SamParts, load_sam
-from .wsi_sam import LOW_RES, Prompts, WsiSam, WsiSamHead, sam_forward, upsample_logits
+from .wsi_sam import LOW_RES, WsiSam, WsiSamHead, sam_forward, upsample_logits
 
 __all__ = ["BASE_MODELS", "CROP", "MASK_FILL", "Prediction", "WsiSamPredictor",
            "concentric_hr_to_lr", "map_masks"]
 
 logger = logging.getLogger(__name__)
+
+_HEAD_VERSIONS = itertools.count(1)
+"""Unique per loaded head across predictors, so predictors can share one embedding cache."""
 
 ModelName = Literal["wsi-sam", "sam", "medsam"]
 BASE_MODELS: dict[str, str] = {"wsi-sam": "mobile_sam", "sam": "mobile_sam",
@@ -85,6 +90,8 @@ class WsiSamPredictor:
         in hardware, else float32), "float32", "bfloat16", "float16" (`device.encoder_dtype`).
     checkpoints: SAM variant name -> weights file, overriding `weights.find_weights`.
     parts: already loaded `SamParts` by variant name (tests share them between predictors).
+    cache: an `EmbeddingCache` to share with other predictors of the same encoder weights
+        (evaluation runs several decoders on one set of crops); default: a new one.
     """
 
     def __init__(
@@ -100,6 +107,7 @@ class WsiSamPredictor:
         precision: Precision = "auto",
         checkpoints: Mapping[str, Path] | None = None,
         parts: Mapping[str, SamParts] | None = None,
+        cache: EmbeddingCache | None = None,
     ) -> None:
         self._check_model(model)
         if decoder_batch is not None and decoder_batch < 1:
@@ -111,13 +119,12 @@ class WsiSamPredictor:
         self.compile = compile
         encoder_dtype(self._device, precision)  # fails early on an unknown name
         self.precision = precision
-        self.cache = EmbeddingCache(cache_bytes)
+        self.cache = cache if cache is not None else EmbeddingCache(cache_bytes)
         self.encoder_calls = 0
         self._checkpoints = dict(checkpoints or {})
         self._parts: dict[str, SamParts] = {}
         for name, loaded in (parts or {}).items():
             self._parts[name] = self._prepare(loaded)
-        self._head_version = 0
         self._head = self._as_head(head)
         self._wsi: WsiSam | None = None
         self._lock = threading.RLock()
@@ -143,7 +150,7 @@ class WsiSamPredictor:
             from .head_checkpoint import load_head
 
             head = load_head(Path(head)).head
-        self._head_version += 1
+        self._head_version = next(_HEAD_VERSIONS)
         head = head if head is not None else WsiSamHead()
         return head.eval().requires_grad_(False).to(self._device)
 
@@ -277,8 +284,8 @@ class WsiSamPredictor:
                 def run(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
                     features = hr_features.to(self._device)
                     out = wsi(_to(hr, self._device), _to(lr, self._device),
-                              self._tensors(hr_prompts, start, stop, 1.0),
-                              self._tensors(lr_arrays, start, stop, 1.0),
+                              to_prompts(hr_prompts, start, stop, scale=1.0, device=self._device),
+                              to_prompts(lr_arrays, start, stop, scale=1.0, device=self._device),
                               multimask=multimask, with_lr_mask=False,
                               hr_image_features=features)
                     return out.hr_logits, out.iou
@@ -289,34 +296,13 @@ class WsiSamPredictor:
                 def run(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
                     return sam_forward(parts.prompt_encoder, parts.mask_decoder,
                                        hr.embedding.to(self._device, torch.float32),
-                                       self._tensors(hr_prompts, start, stop, scale),
+                                       to_prompts(hr_prompts, start, stop, scale=scale,
+                                                  device=self._device),
                                        multimask=multimask)
 
             chunks = run_chunked(run, n, batch=self.decoder_batch, fallback=self.move_to_cpu,
                                  device=lambda: self._device)
             return _prediction(chunks, n, name=name, threshold=threshold)
-
-    def _tensors(self, prompts: dict, start: int, stop: int, scale: float) -> Prompts:
-        """Prompts of items [start, stop) as tensors in encoder-input pixels.
-
-        Our coordinates put pixel i on [i, i + 1); SAM's prompt encoder takes pixel indices
-        (it adds 0.5 itself), so coordinates are scaled to the encoder input, then moved by
-        -0.5.
-        """
-        def get(name: str, dtype: torch.dtype, scale: float | None = None) -> torch.Tensor | None:
-            value = prompts[name]
-            if value is None:
-                return None
-            value = value[start:stop]
-            if scale is not None:
-                value = value * scale - 0.5
-            return torch.as_tensor(value, dtype=dtype, device=self._device)
-
-        masks = get("masks", torch.float32)
-        return Prompts(boxes=get("boxes", torch.float32, scale),
-                       points=get("points", torch.float32, scale),
-                       labels=get("labels", torch.int64),
-                       masks=None if masks is None else masks[:, None])
 
     @staticmethod
     def _check_model(name: str) -> None:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import PromptError
-from .wsi_sam import LOW_RES
+from .wsi_sam import LOW_RES, Prompts
 
 CROP = 1024
 """Side of the HR and LR crops, in pixels."""
@@ -99,3 +99,29 @@ def map_masks(masks: np.ndarray, hr_to_lr: XYMap) -> np.ndarray:
                          list(x.shape), align_corners=False)
     warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return (warped[:, 0] + MASK_FILL).numpy()
+
+
+def to_prompts(prompts: dict, start: int = 0, stop: int | None = None, *, scale: float = 1.0,
+               device: torch.device | str = "cpu") -> Prompts:
+    """Prompts [start, stop) of a `prompt_arrays` dict as tensors in encoder-input pixels.
+
+    Our coordinates put pixel i on [i, i + 1); SAM's prompt encoder takes pixel indices (it
+    adds 0.5 itself), so coordinates are scaled to the encoder input, then moved by -0.5.
+    Inference and training both convert here, so they feed the decoder identically.
+    """
+    stop = len(prompts["n"]) if stop is None else stop
+
+    def get(name: str, dtype: torch.dtype, shift: bool = False) -> torch.Tensor | None:
+        value = prompts[name]
+        if value is None:
+            return None
+        value = value[start:stop]
+        if shift:
+            value = value * scale - 0.5
+        return torch.as_tensor(value, dtype=dtype, device=device)
+
+    masks = get("masks", torch.float32)
+    return Prompts(boxes=get("boxes", torch.float32, True),
+                   points=get("points", torch.float32, True),
+                   labels=get("labels", torch.int64),
+                   masks=None if masks is None else masks[:, None])

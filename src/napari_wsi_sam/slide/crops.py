@@ -87,8 +87,9 @@ class CropPair:
         return bool(self.hr_mpp > self.hr_mpp_requested * (1 + 1e-9))
 
     def hr_to_lr(self, xy: np.ndarray) -> np.ndarray:
-        """(N, 2) HR-crop coordinates -> LR-crop coordinates."""
-        return self.lr.map.to_crop(self.hr.map.to_slide(xy))
+        """(..., 2) HR-crop coordinates -> LR-crop coordinates of the same shape."""
+        xy = np.asarray(xy, dtype=float)
+        return self.lr.map.to_crop(self.hr.map.to_slide(xy)).reshape(xy.shape)
 
     def to_dict(self) -> dict:
         return {"center": [float(v) for v in self.center],
@@ -151,10 +152,7 @@ def check_prompt_on_slide(slide: Slide, prompt: Prompt) -> None:
 def cut_crop(slide: Slide, center: tuple[float, float], *, mpp: float, size: int = 1024,
              pad_value: int = 255) -> Crop:
     """One `size` x `size` crop at `mpp` µm/px centred on level-0 `center` (x, y)."""
-    mpp_x, mpp_y = slide.require_mpp()
-    scale = (mpp / mpp_x, mpp / mpp_y)
-    origin = (center[0] - size * scale[0] / 2.0, center[1] - size * scale[1] / 2.0)
-    cmap = CropMap(origin=origin, scale=scale, size=(size, size))
+    cmap = crop_map(slide, center, mpp=mpp, size=size)
     level = slide.best_level_for_mpp(mpp)
     source = min(level, slide.native_level_count - 1)
     image = _resample(slide, source, cmap)
@@ -163,6 +161,16 @@ def cut_crop(slide: Slide, center: tuple[float, float], *, mpp: float, size: int
         image[~valid] = pad_value
     return Crop(image=image, valid=valid, map=cmap, mpp=float(mpp), level=level,
                 source_level=source)
+
+
+def crop_map(slide: Slide, center: tuple[float, float], *, mpp: float, size: int = 1024
+             ) -> CropMap:
+    """The map of the `size` x `size` crop at `mpp` µm/px centred on level-0 `center`, without
+    reading pixels (training rasterises annotations through it)."""
+    mpp_x, mpp_y = slide.require_mpp()
+    scale = (mpp / mpp_x, mpp / mpp_y)
+    origin = (center[0] - size * scale[0] / 2.0, center[1] - size * scale[1] / 2.0)
+    return CropMap(origin=origin, scale=scale, size=(size, size))
 
 
 def _resample(slide: Slide, level: int, cmap: CropMap) -> np.ndarray:
