@@ -14,6 +14,12 @@ RULES = [
     ("napari_wsi_sam.annotations", ["torch", "napari", "qtpy"]),
     ("napari_wsi_sam.pipeline", ["napari", "qtpy"]),
     ("napari_wsi_sam.prompts", ["torch", "napari", "tifffile"]),
+    ("napari_wsi_sam.train.trainer", ["napari", "qtpy"]),
+    ("napari_wsi_sam.train.sampler", ["torch", "napari", "qtpy"]),
+    ("napari_wsi_sam.train.prompt_noise", ["torch", "napari"]),
+    ("napari_wsi_sam.train.datasets", ["torch", "napari"]),
+    ("napari_wsi_sam.evaluation.runner", ["napari", "qtpy"]),
+    ("napari_wsi_sam.evaluation.report", ["torch", "napari"]),
 ]
 
 

@@ -1,0 +1,201 @@
+"""Annotated images for training and evaluation: an image (slide or plain picture) plus objects.
+
+``--data`` takes any of:
+
+- ``builtin:hgsc_nest`` / ``builtin:hgsc_stromal``: the histolytics H&E images with their
+  nucleus masks (fetched from PyPI like the rest of the sample data);
+- ``IMAGE=ANNOTATIONS``: a slide and its annotations, the format told by the file:
+  QuPath GeoJSON, ASAP XML (CAMELYON16), COCO JSON (CATCH), GeoParquet, or an instance mask
+  (.npz, .npy, .png, .tif); a label image's pixels must match the image's;
+- a manifest ``.json``: ``{"name": ..., "items": [{"image": ..., "annotations": ..., "mpp":
+  ..., "key": ...}]}`` or ``{"name": ..., "coco": FILE, "images_dir": DIR}`` for a whole COCO
+  set (every image of the file found in DIR).
+
+Paths in a manifest are relative to it. No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..annotations import AnnotationObject, read_geojson
+from ..assets import fetch
+from ..errors import AnnotationError, SlideError
+
+logger = logging.getLogger(__name__)
+
+MASK_SUFFIXES = {".npz", ".npy", ".png", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class AnnotatedImage:
+    """One image and its objects (level-0 pixels). mpp: µm/px to use when the file has none."""
+
+    dataset: str
+    image: Path
+    objects: tuple[AnnotationObject, ...]
+    mpp: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.image.name
+
+
+def _builtin_nest() -> list[AnnotatedImage]:
+    from ..annotations import read_instance_masks
+
+    files = fetch(["hgsc_nest.jpg", "hgsc_nest_inst_mask.npz", "hgsc_nest_type_mask.npz"])
+    objects = read_instance_masks(files["hgsc_nest_inst_mask.npz"], key="nuc_raster",
+                                  types_path=files["hgsc_nest_type_mask.npz"],
+                                  class_names=_nest_classes())
+    return [AnnotatedImage("hgsc_nest", files["hgsc_nest.jpg"], tuple(objects), mpp=0.5)]
+
+
+def _nest_classes() -> dict[int, str] | None:
+    try:
+        from ..annotations.instance_masks import HISTOLYTICS_NUCLEI_CLASSES
+    except ImportError:  # pragma: no cover - names unknown: generic type_<k>
+        return None
+    return dict(HISTOLYTICS_NUCLEI_CLASSES)
+
+
+def _builtin_stromal() -> list[AnnotatedImage]:
+    from ..annotations import read_geoparquet
+
+    files = fetch(["hgsc_stromal_he.jpg", "hgsc_stromal_cells.parquet"])
+    result = read_geoparquet(files["hgsc_stromal_cells.parquet"])
+    return [AnnotatedImage("hgsc_stromal", files["hgsc_stromal_he.jpg"],
+                           tuple(result.objects), mpp=0.5)]
+
+
+BUILTIN = {"hgsc_nest": _builtin_nest, "hgsc_stromal": _builtin_stromal}
+"""Data sets from PyPI packages: name -> loader. hgsc_stromal is the held-out test set."""
+
+
+def load_data(specs: str | Iterable[str], *, mpp: float | None = None) -> list[AnnotatedImage]:
+    """Every annotated image named by `specs` (see the module docstring).
+
+    Raises AnnotationError (one line) for an unknown name, a missing file or an unreadable
+    annotation file, and when no object is found at all.
+    """
+    images: list[AnnotatedImage] = []
+    for spec in [specs] if isinstance(specs, str) else list(specs):
+        images.extend(_load_one(spec.strip(), mpp=mpp))
+    if not images or not any(image.objects for image in images):
+        raise AnnotationError(f"no annotated objects in {specs!r}; check the annotation files "
+                              "(polygons in level-0 pixels) or use builtin:hgsc_nest")
+    return images
+
+
+def _load_one(spec: str, *, mpp: float | None) -> list[AnnotatedImage]:
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        if name not in BUILTIN:
+            raise AnnotationError(f"unknown built-in data set {name!r}; known: "
+                                  f"{', '.join('builtin:' + k for k in BUILTIN)}")
+        images = BUILTIN[name]()
+        return images if mpp is None else [_with_mpp(i, mpp) for i in images]
+    if "=" in spec:
+        image, annotations = spec.split("=", 1)
+        image_path = _existing(Path(image), "image")
+        return [AnnotatedImage(image_path.stem, image_path,
+                               tuple(read_objects(Path(annotations), image=image_path)), mpp)]
+    path = _existing(Path(spec), "data manifest")
+    if path.suffix.lower() != ".json":
+        raise AnnotationError(f"--data {spec!r}: give builtin:NAME, IMAGE=ANNOTATIONS or a "
+                              "manifest .json")
+    return _manifest(path, mpp=mpp)
+
+
+def _with_mpp(image: AnnotatedImage, mpp: float) -> AnnotatedImage:
+    return AnnotatedImage(image.dataset, image.image, image.objects, mpp)
+
+
+def read_objects(path: Path, *, image: Path, key: str | None = None) -> list[AnnotationObject]:
+    """The objects of one image from an annotation file, the format told by the file."""
+    from .. import annotations as ann
+
+    path = _existing(path, "annotation file")
+    suffix = path.suffix.lower()
+    if suffix == ".xml":
+        return _kept(ann.read_asap_xml(path), path)
+    if suffix == ".parquet":
+        return _kept(ann.read_geoparquet(path), path)
+    if suffix in MASK_SUFFIXES:
+        return list(ann.read_instance_masks(path, key=key))
+    if suffix in (".json", ".geojson"):
+        if suffix == ".json" and _is_coco(path):
+            by_image = ann.read_coco(path, image=image.name)
+            return [obj for result in by_image.values() for obj in _kept(result, path)]
+        return _kept(read_geojson(path), path)
+    raise AnnotationError(f"{path.name}: unknown annotation format {suffix!r}; use GeoJSON, "
+                          "ASAP .xml, COCO .json, .parquet or an instance mask (.npz/.png/.tif)")
+
+
+def _kept(result: Any, path: Path) -> list[AnnotationObject]:
+    if result.skipped:
+        logger.info("%s: skipped %d non-polygon annotations", path.name, len(result.skipped))
+    return list(result.objects)
+
+
+def _is_coco(path: Path) -> bool:
+    with path.open("rb") as handle:
+        head = handle.read(1 << 16).decode("utf-8", "replace")
+    return '"images"' in head or ('"annotations"' in head and '"categories"' in head)
+
+
+def _manifest(path: Path, *, mpp: float | None) -> list[AnnotatedImage]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AnnotationError(f"{path.name} is not a JSON manifest: {error}") from None
+    if not isinstance(data, dict):
+        raise AnnotationError(f"{path.name}: a manifest is a JSON object with 'items' or 'coco'")
+    name = str(data.get("name") or path.stem)
+    root = path.parent
+    if "coco" in data:
+        return _coco_set(root / data["coco"], root / data.get("images_dir", "."), name, mpp)
+    items = data.get("items")
+    if not isinstance(items, list) or not items:
+        raise AnnotationError(f"{path.name}: the manifest needs a non-empty 'items' list")
+    images = []
+    for k, item in enumerate(items):
+        if not isinstance(item, dict) or "image" not in item or "annotations" not in item:
+            raise AnnotationError(f"{path.name}: item {k} needs 'image' and 'annotations'")
+        image = _existing(root / item["image"], "image")
+        objects = read_objects(root / item["annotations"], image=image, key=item.get("key"))
+        item_mpp = item.get("mpp", mpp)
+        images.append(AnnotatedImage(name, image, tuple(objects),
+                                     None if item_mpp is None else float(item_mpp)))
+    return images
+
+
+def _coco_set(coco: Path, images_dir: Path, name: str, mpp: float | None
+              ) -> list[AnnotatedImage]:
+    from ..annotations import read_coco
+
+    by_image = read_coco(_existing(coco, "COCO file"))
+    images = []
+    for file_name, result in sorted(by_image.items()):
+        image = images_dir / file_name
+        if not image.exists():
+            logger.warning("%s: %s is not in %s; skipped", coco.name, file_name, images_dir)
+            continue
+        images.append(AnnotatedImage(name, image, tuple(result.objects), mpp))
+    if not images:
+        raise AnnotationError(f"none of the images of {coco.name} is in {images_dir}; "
+                              "set images_dir in the manifest")
+    return images
+
+
+def _existing(path: Path, what: str) -> Path:
+    path = path.expanduser()
+    if not path.exists():
+        error = SlideError if what == "image" else AnnotationError
+        raise error(f"{what} {path} does not exist")
+    return path
