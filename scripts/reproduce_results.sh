@@ -32,3 +32,10 @@ if [[ "$what" == ablations || "$what" == all ]]; then
   $cli evaluate --data builtin:hgsc_stromal --prompts box --seed 0 --out $out/ablations --no-progress \
     --models "sam,λ=0=wsi-sam:$out/ablation-lam0/head.pt,λ=0.5 avg=wsi-sam:$out/ablation-lam0.5/head.pt,λ=1=wsi-sam:$out/ablation-lam1/head.pt,max=wsi-sam:$out/ablation-max/head.pt,concat+FC=wsi-sam:$out/ablation-concat_fc/head.pt"
 fi
+
+if [[ "$what" == main || "$what" == all ]]; then
+  # The default-model rule; installs the head and its decision into the package.
+  .venv/bin/python -m napari_wsi_sam.evaluation.decision $out/heldout/dice_per_object.csv \
+    --candidate WSI-SAM --baseline sam --dataset hgsc_stromal \
+    --head $out/train-wsi-sam/head.pt --install src/napari_wsi_sam/heads
+fi

@@ -50,6 +50,7 @@ from .pipeline import CropPairCache
 from .pipeline.batch import BatchItem
 from .pipeline.objects import as_rgb
 from .prompts import Prompt
+from .shipped_head import default_model
 from .slide import CropPair
 
 if TYPE_CHECKING:
@@ -91,9 +92,10 @@ class WsiSamWidget(Container):
         self._mpp = FloatSpinBox(label="µm/px", value=0.0, min=0.0, max=100.0, step=0.001,
                                  tooltip="Pixel size at full resolution, used only when the "
                                          "slide has none (0 = read it)")
-        self._model = ComboBox(label="Model", choices=MODELS, value="sam",
-                               tooltip="wsi-sam runs its untrained head (= SAM) until a trained "
-                                       "head is installed")
+        self._model = ComboBox(label="Model", choices=MODELS, value=default_model(),
+                               tooltip="wsi-sam runs the shipped head (nuclei, 40x); the "
+                                       "default is the model that measured best held out "
+                                       "(docs/results.md)")
         self._magnification = ComboBox(label="HR magnification", choices=MAGNIFICATIONS,
                                        value=1.0, tooltip="LR context: half of it")
         self._threshold = FloatSpinBox(label="Mask threshold", value=0.0, min=-10.0, max=10.0,
@@ -345,7 +347,8 @@ class WsiSamWidget(Container):
 
         def factory() -> Any:
             if key not in self._predictors:
-                self._predictors[key] = WsiSamPredictor(model=model, device=key[1])
+                self._predictors[key] = WsiSamPredictor(model=model, device=key[1],
+                                                        head="default")
             return self._predictors[key]
 
         return factory

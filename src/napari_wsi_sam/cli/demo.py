@@ -18,6 +18,7 @@ from ..assets import SAMPLE_SLIDE
 from ..errors import PromptError
 from ..pipeline import CropPairCache, SegmentedObject, segment_prompt
 from ..prompts import Prompt
+from ..shipped_head import default_model
 from ..slide import open_slide
 from .slide import make_output_folder, slide_info, write_crops
 
@@ -31,8 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("slide", type=Path, help="slide file")
     parser.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
                         help="box in level-0 pixels (default: a follicle of the sample slide)")
-    parser.add_argument("--model", default="sam", choices=["sam", "wsi-sam", "medsam"],
-                        help="model to run (default: sam)")
+    parser.add_argument("--model", default=default_model(),
+                        choices=["sam", "wsi-sam", "medsam"],
+                        help="model to run (default: the model that measured best held out)")
     parser.add_argument("--hr-mpp", type=float, default=1.0, help="HR µm/px (default 1.0 = 10x)")
     parser.add_argument("--mpp", type=float, default=None,
                         help="µm/px of the slide, when it does not record one")
@@ -51,7 +53,7 @@ def _demo(args: argparse.Namespace) -> int:
     with open_slide(args.slide, mpp=args.mpp) as slide:
         info = slide_info(slide)
         (args.out / "slide.json").write_text(json.dumps(info, indent=2))
-        predictor = WsiSamPredictor(model=args.model, device=args.device)
+        predictor = WsiSamPredictor(model=args.model, device=args.device, head="default")
         crop_cache = CropPairCache()
         started = time.perf_counter()
         obj = segment_prompt(slide, prompt, predictor, hr_mpp=args.hr_mpp,

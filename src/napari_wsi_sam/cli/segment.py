@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import AnnotationError, PromptError
 from ..prompts import Prompt
+from ..shipped_head import default_model
 
 EPILOG = """\
 coordinates are level-0 slide pixels (x, y), boxes X0 Y0 X1 Y1.
@@ -45,8 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         metavar=("X", "Y"), help="negative point (with --box; repeatable)")
     parser.add_argument("--mask-prompts", action="store_true",
                         help="with --prompts: give each polygon's own mask as a mask prompt")
-    parser.add_argument("--model", default="sam", choices=["sam", "wsi-sam", "medsam"],
-                        help="model to run (default: sam, until a trained WSI-SAM head ships)")
+    parser.add_argument("--model", default=default_model(),
+                        choices=["sam", "wsi-sam", "medsam"],
+                        help="model to run (default: the one that measured best held out, "
+                             "docs/results.md)")
     parser.add_argument("--hr-mpp", type=float, default=1.0,
                         help="HR crop µm/px (default 1.0 = 10x; LR is twice that)")
     parser.add_argument("--mpp", type=float, default=None,
@@ -84,7 +87,7 @@ def _segment(args: argparse.Namespace) -> int:
     with open_slide(args.slide, mpp=args.mpp) as slide:
         mpp = slide.require_mpp()
         store = LabelStore.for_slide(slide, folder=args.labels)
-        predictor = WsiSamPredictor(model=args.model, device=args.device)
+        predictor = WsiSamPredictor(model=args.model, device=args.device, head="default")
         color = tuple(args.color)
         if items is None:
             points = [*args.point, *args.negative_point]

@@ -90,7 +90,7 @@ def parse_prompt(text: str) -> tuple[str, int]:
 def build_predictors(specs: list[ModelSpec], *, device: str = "auto",
                      mobile: SamParts | None = None) -> dict[str, WsiSamPredictor]:
     """One predictor per model; the MobileSAM ones share the encoder and its cache."""
-    from ..model.default_head import shipped_head_path
+    from ..shipped_head import shipped_head_path
     from ..train.decoder_checkpoint import load_sam_decoder
 
     labels = [s.label for s in specs]

@@ -80,7 +80,8 @@ class WsiSamPredictor:
     """Holds the models, the device, the embedding cache; `predict` turns prompts into masks.
 
     model: default model for `predict` ("wsi-sam", "sam", "medsam").
-    head: a trained `WsiSamHead`, a head checkpoint path, or None for a fresh head (= SAM).
+    head: a trained `WsiSamHead`, a head checkpoint path, "default" for the head shipped in
+        the package (`shipped_head`), or None for a fresh head (= SAM).
     device: "auto" (CUDA, MPS, CPU), "cpu", "cuda", "cuda:1", "mps".
     cache_bytes: bound of the embedding cache (0 disables it).
     decoder_batch: most prompts per decoder call (halved on out-of-memory); default 4 on the
@@ -146,6 +147,10 @@ class WsiSamPredictor:
             self.cache.discard(lambda key: key[0] == "fusion")
 
     def _as_head(self, head: WsiSamHead | Path | str | None) -> WsiSamHead:
+        if isinstance(head, str) and head == "default":
+            from ..shipped_head import default_head
+
+            head = default_head()
         if isinstance(head, (str, Path)):
             from .head_checkpoint import load_head
 

@@ -1,5 +1,6 @@
 """The WSI-SAM head shipped inside the package, and the measured rule for the default model.
 
+Torch-free, so the widget can choose its default model without loading torch.
 ``heads/hgsc_nuclei.pt`` was trained by the commands in docs/results.md. ``heads/default.json``
 records its held-out comparison with SAM and the resulting default: the widget and the CLI
 default to "wsi-sam" only when the head was at least as good as SAM on the held-out set,
@@ -13,11 +14,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..errors import WeightsError
+from .errors import WeightsError
 
 HEADS = Path(__file__).parent / "heads"
 SHIPPED_HEAD = HEADS / "hgsc_nuclei.pt"
 DECISION = HEADS / "default.json"
+
+
+def default_head() -> Path | None:
+    """The shipped head when installed, else None (a fresh head, whose masks equal SAM's)."""
+    return SHIPPED_HEAD if SHIPPED_HEAD.exists() else None
 
 
 def shipped_head_path() -> Path:
