@@ -23,6 +23,7 @@ from napari_wsi_sam.annotations import (
 from napari_wsi_sam.model.predictor import WsiSamPredictor
 from napari_wsi_sam.pipeline import CropPairCache, segment_prompt
 from napari_wsi_sam.prompts import Prompt
+from napari_wsi_sam.shipped_head import default_model
 from napari_wsi_sam.slide import open_slide
 
 FOLLICLE = np.array([1185.0, 1980.0, 1345.0, 2185.0])
@@ -73,10 +74,13 @@ def test_draw_refine_undo_export_import_reopen(make_napari_viewer, qtbot, slide_
     x0, y0, x1, y1 = window
     assert FOLLICLE[0] - 2 <= x0 < x1 <= FOLLICLE[2] + 2
     assert FOLLICLE[1] - 2 <= y0 < y1 <= FOLLICLE[3] + 2
-    # ... and equals the pipeline's own output for the same prompt.
+    # ... and equals the pipeline's own output for the same prompt, with the default model
+    # (the measured one, docs/results.md) and the shipped head.
+    assert widget._model.value == default_model()
     with open_slide(slide_copy) as slide:
-        own = segment_prompt(slide, Prompt(box=FOLLICLE), WsiSamPredictor(model="sam",
-                             device="cpu"), crop_cache=CropPairCache())
+        predictor = WsiSamPredictor(model=default_model(), device="cpu", head="default")
+        own = segment_prompt(slide, Prompt(box=FOLLICLE), predictor,
+                             crop_cache=CropPairCache())
     assert own.window == window
     np.testing.assert_array_equal(own.mask, mask)
     labels = viewer.layers[LABELS_LAYER]
