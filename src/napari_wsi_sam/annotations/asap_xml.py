@@ -17,8 +17,6 @@ its tumour groups ``_0`` and ``_1`` and its exclusion regions ``_2``; ``"None"``
 Polygon, Spline and Rectangle annotations become polygons (a Spline's control points joined by
 straight lines); Dot and PointSet annotations carry no area and are skipped and reported. Some
 exports write a decimal comma (``X="1234,5"``); we accept it.
-
-This module also holds two small helpers the other training-data readers share.
 """
 
 from __future__ import annotations
@@ -26,74 +24,22 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
 
-import shapely
-from shapely.geometry import MultiPolygon, Polygon
-from shapely.geometry.base import BaseGeometry
+from shapely.geometry import Polygon
 
 from ..errors import AnnotationError
+from .file_io import write_text_atomic
 from .geojson import RGB, AnnotationObject, ImportResult
-from .polygons import Areal, polygonal
+from .polygons import as_areal, exterior_parts
 
 logger = logging.getLogger(__name__)
 
 _AREA_TYPES = {"polygon", "spline", "rectangle"}
 _POINT_TYPES = {"dot", "pointset"}
 _DEFAULT_COLOR = "#F4FA58"                       # ASAP's default annotation colour
-
-
-# -- shared helpers --------------------------------------------------------------------------
-def as_areal(geom: BaseGeometry | None) -> tuple[Areal | None, str]:
-    """``(area, "")`` for anything with an area, repaired when invalid, else ``(None, why)``.
-
-    Invalid outlines (self-crossing, ...) are repaired with shapely's ``make_valid`` and only
-    their polygonal parts are kept, so a bow-tie stays two triangles rather than being dropped.
-    """
-    if geom is None:
-        return None, "no geometry"
-    kind = geom.geom_type
-    if geom.is_empty:
-        return None, f"empty {kind}"
-    if not isinstance(geom, Polygon | MultiPolygon):
-        geom = polygonal(geom)
-        if geom.is_empty:
-            return None, f"{kind} geometry is not an area"
-    if not geom.is_valid:
-        reason = shapely.is_valid_reason(geom)
-        geom = polygonal(shapely.make_valid(geom, method="structure", keep_collapsed=False))
-        if geom.is_empty:
-            return None, f"invalid {kind} ({reason}) with no area left after repair"
-        logger.debug("repaired an invalid %s (%s)", kind, reason)
-    return polygonal(geom), ""
-
-
-def write_text_atomic(target: Path, text: str) -> Path:
-    """Write ``text`` beside ``target`` and move it in place: the file is complete or absent."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part",
-                               dir=target.parent if str(target.parent) else ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
-def exterior_parts(obj: AnnotationObject, fmt: str) -> list[Polygon]:
-    """The parts of an object's geometry, holes dropped (with a warning): ``fmt`` has none."""
-    geom = shapely.orient_polygons(obj.geometry)
-    parts = list(geom.geoms) if isinstance(geom, MultiPolygon) else [geom]
-    parts = [p for p in parts if not p.is_empty]
-    if any(p.interiors for p in parts):
-        logger.warning("object %d has holes, which %s cannot hold; writing its outer outline "
-                       "only", obj.id, fmt)
-    return parts
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -224,7 +170,7 @@ def write_asap_xml(objects: Iterable[AnnotationObject], path: str | os.PathLike[
         if group != "None":
             groups.setdefault(group, color)
         name = obj.properties.get("name") or f"Annotation {obj.id}"
-        parts = exterior_parts(obj, "ASAP XML")
+        parts = exterior_parts(obj.geometry, f"object {obj.id}", "ASAP XML")
         for k, part in enumerate(parts):
             element = ET.SubElement(annotations, "Annotation", {
                 "Name": str(name) if len(parts) == 1 else f"{name} part {k + 1}",

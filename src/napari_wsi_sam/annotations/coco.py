@@ -26,9 +26,9 @@ import shapely
 from shapely.geometry import Polygon
 
 from ..errors import AnnotationError
-from .asap_xml import as_areal, exterior_parts, write_text_atomic
+from .file_io import read_json, write_text_atomic
 from .geojson import AnnotationObject, ImportResult
-from .polygons import Areal, mask_to_geometry, polygonal
+from .polygons import Areal, as_areal, exterior_parts, mask_to_geometry, polygonal
 
 logger = logging.getLogger(__name__)
 
@@ -89,16 +89,7 @@ class _Skip(Exception):
 
 
 def _load_json(source: Path) -> dict[str, Any]:
-    try:
-        text = source.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        raise AnnotationError(f"cannot read {source}: {err}") from err
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise AnnotationError(f"{source.name} is not valid JSON ({err.msg} at line "
-                              f"{err.lineno}, column {err.colno}); give a COCO JSON "
-                              f"annotation file") from err
+    data = read_json(source, expected="a COCO JSON annotation file")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
         raise AnnotationError(f"{source.name} is not COCO JSON (no 'images' and 'annotations' "
@@ -307,7 +298,7 @@ def write_coco(objects_by_image: Mapping[str, tuple[list[AnnotationObject], tupl
         images.append({"id": image_id, "file_name": file_name, "width": width,
                        "height": height})
         for obj in objs:
-            parts = exterior_parts(obj, "COCO polygons")
+            parts = exterior_parts(obj.geometry, f"object {obj.id}", "COCO polygons")
             if not parts:
                 continue
             minx, miny, maxx, maxy = obj.geometry.bounds

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,8 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon
 
 from ..errors import AnnotationError
-from .polygons import Areal, polygonal
+from .file_io import read_json, write_text_atomic
+from .polygons import Areal, as_areal
 
 logger = logging.getLogger(__name__)
 
@@ -112,15 +112,7 @@ def write_geojson(objects: Iterable[AnnotationObject], path: str | os.PathLike[s
     lines = ",\n".join(json.dumps(f, ensure_ascii=False, separators=(",", ":"))
                        for f in features)
     text = '{"type":"FeatureCollection","features":[\n' + lines + "\n]}\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part",
-                               dir=target.parent if str(target.parent) else ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(target, text)
     logger.info("wrote %d objects to %s", len(features), target)
     return target
 
@@ -174,15 +166,7 @@ def read_geojson(path: str | os.PathLike[str]) -> ImportResult:
     JSON or a file that is not GeoJSON raises `AnnotationError`.
     """
     source = Path(path)
-    try:
-        text = source.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        raise AnnotationError(f"cannot read {source}: {err}") from err
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise AnnotationError(f"{source} is not valid JSON: {err.msg} at line {err.lineno}, "
-                              f"column {err.colno}") from err
+    data = read_json(source, expected="a GeoJSON FeatureCollection or Feature")
     return features_to_objects(data, source=str(source))
 
 
@@ -280,15 +264,10 @@ def _geometry(geom: Any) -> Areal:
             shape = MultiPolygon([Polygon(p[0], p[1:]) for p in coords if p])
     except (KeyError, IndexError, TypeError, ValueError, shapely.errors.ShapelyError) as err:
         raise _Skip(f"malformed {kind} coordinates ({err})") from err
-    if shape.is_empty:
-        raise _Skip(f"empty {kind}")
-    if not shape.is_valid:
-        reason = shapely.is_valid_reason(shape)
-        shape = polygonal(shapely.make_valid(shape, method="structure", keep_collapsed=False))
-        if shape.is_empty:
-            raise _Skip(f"invalid {kind} ({reason}) with no area left after repair")
-        logger.info("repaired an invalid %s (%s)", kind, reason)
-    return shape
+    area, why = as_areal(shape)
+    if area is None:
+        raise _Skip(why)
+    return area
 
 
 def _classification(cls: Any) -> tuple[str | None, RGB | None]:

@@ -20,8 +20,8 @@ import numpy as np
 import shapely
 
 from ..errors import AnnotationError
-from .asap_xml import as_areal
 from .geojson import AnnotationObject, ImportResult
+from .polygons import as_areal
 
 logger = logging.getLogger(__name__)
 

@@ -255,6 +255,43 @@ def polygonal(geom: BaseGeometry) -> Areal:
     return shapely.orient_polygons(polys[0] if len(polys) == 1 else MultiPolygon(polys))
 
 
+def as_areal(geom: BaseGeometry | None) -> tuple[Areal | None, str]:
+    """``(area, "")`` for anything with an area, repaired when invalid, else ``(None, why)``.
+
+    Every annotation reader goes through here. Invalid outlines (self-crossing, ...) are
+    repaired with shapely's ``make_valid`` and only their polygonal parts are kept, so a bow-tie
+    stays two triangles rather than being dropped.
+    """
+    if geom is None:
+        return None, "no geometry"
+    kind = geom.geom_type
+    if geom.is_empty:
+        return None, f"empty {kind}"
+    if not isinstance(geom, Polygon | MultiPolygon):
+        geom = polygonal(geom)
+        if geom.is_empty:
+            return None, f"{kind} geometry is not an area"
+    if not geom.is_valid:
+        reason = shapely.is_valid_reason(geom)
+        geom = polygonal(shapely.make_valid(geom, method="structure", keep_collapsed=False))
+        if geom.is_empty:
+            return None, f"invalid {kind} ({reason}) with no area left after repair"
+        logger.info("repaired an invalid %s (%s)", kind, reason)
+    return polygonal(geom), ""
+
+
+def exterior_parts(geometry: Areal, name: str, fmt: str) -> list[Polygon]:
+    """The non-empty parts of `geometry` for a format without holes (`fmt`); holes are dropped
+    with a warning naming the object (`name`)."""
+    geom = shapely.orient_polygons(geometry)
+    parts = list(geom.geoms) if isinstance(geom, MultiPolygon) else [geom]
+    parts = [p for p in parts if not p.is_empty]
+    if any(p.interiors for p in parts):
+        logger.warning("%s has holes, which %s cannot hold; writing its outer outline only",
+                       name, fmt)
+    return parts
+
+
 def _parts(geom: BaseGeometry) -> Iterator[Polygon]:
     if isinstance(geom, Polygon):
         if not geom.is_empty:

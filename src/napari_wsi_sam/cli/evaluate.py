@@ -40,8 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from ..evaluation.report import write_report
     from ..evaluation.runner import build_predictors, evaluate, parse_model, parse_prompt
+    from ..progress import cli_progress
     from ..train.datasets import load_data
-    from ..train.trainer import tqdm_progress
 
     specs = [parse_model(text) for text in args.models.split(",") if text.strip()]
     prompts = [text.strip() for text in args.prompts.split(",") if text.strip()]
@@ -49,11 +49,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         parse_prompt(text)
     data = load_data(args.data, mpp=args.mpp)
     predictors = build_predictors(specs, device=args.device)
-    from .train import _silent
-
-    progress = _silent if args.no_progress else tqdm_progress
     records = evaluate(data, predictors, prompts, hr_mpp=args.hr_mpp, seed=args.seed,
-                       max_objects=args.max_objects, progress=progress)
+                       max_objects=args.max_objects,
+                       progress=cli_progress(args.no_progress))
     args.out.mkdir(parents=True, exist_ok=True)
     datasets = ", ".join(sorted({image.dataset for image in data}))
     report = write_report(records, args.out, title=f"Zero-shot Dice on {datasets}",

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 # torch is imported only when the command runs.
 
@@ -50,8 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from ..progress import cli_progress
     from ..train.datasets import load_data
-    from ..train.trainer import TrainConfig, tqdm_progress, train
+    from ..train.trainer import TrainConfig, train
 
     data = load_data(args.data, mpp=args.mpp)
     config = TrainConfig(mode=args.mode, lam=args.lam, aggregation=args.aggregation,
@@ -60,9 +59,8 @@ def _train(args: argparse.Namespace) -> int:
                          objects_per_view=args.objects_per_view, batch=args.batch, lr=args.lr,
                          weight_decay=args.weight_decay, seed=args.seed,
                          data=", ".join(args.data))
-    progress = _silent if args.no_progress else tqdm_progress
     result = train(data, config, args.out, resume=args.resume, device=args.device,
-                   feature_dir=args.features, progress=progress)
+                   feature_dir=args.features, progress=cli_progress(args.no_progress))
     summary = {"model": str(result.model_path), "log": str(result.log_path),
                "plot": str(result.plot_path), "steps": result.steps,
                "epochs_run": result.epochs_run, "views": result.views,
@@ -71,10 +69,6 @@ def _train(args: argparse.Namespace) -> int:
                "final_epoch_loss": _last_epoch_mean(result.history)}
     print(json.dumps(summary, indent=2))
     return 0
-
-
-def _silent(items: Iterator[Any], total: int, desc: str) -> Iterator[Any]:
-    return items
 
 
 def _last_epoch_mean(history: list[dict]) -> float | None:

@@ -32,7 +32,7 @@ def decide(records: pd.DataFrame, *, candidate: str, baseline: str, dataset: str
     if not prompts:
         raise ValueError(f"no prompt setting has both {candidate!r} and {baseline!r} on "
                          f"{dataset!r}")
-    per_prompt = {}
+    per_prompt: dict[str, dict[str, Any]] = {}
     for prompt in prompts:
         diff, low, high, n = paired_difference(records, candidate, baseline, prompt=prompt,
                                                dataset=dataset, n_boot=n_boot, seed=seed)

@@ -18,7 +18,6 @@ Seeds depend on (seed, image, object), never on the model, so all models see the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from ..model.predictor import WsiSamPredictor
 from ..model.sam import SamParts, load_sam
 from ..pipeline.crop_grid import CropPairCache, snapped_center
 from ..pipeline.segment import crop_pair, embedding_key
+from ..progress import Progress, no_progress
 from ..prompts import Prompt
 from ..slide import open_slide
 from ..train.datasets import AnnotatedImage
@@ -111,24 +111,16 @@ def build_predictors(specs: list[ModelSpec], *, device: str = "auto",
                                                      parts={"mobile_sam": mobile}, cache=shared)
         else:
             assert spec.checkpoint is not None
-            parts = load_sam_decoder(spec.checkpoint)
-            parts.encoder = mobile.encoder  # the same frozen encoder: share its outputs
+            parts = load_sam_decoder(spec.checkpoint, base=mobile)  # shares the encoder
             predictors[spec.label] = WsiSamPredictor(model="sam", device=device,
                                                      parts={"mobile_sam": parts}, cache=shared)
     return predictors
 
 
-Progress = Callable[[Iterator[Any], int, str], Iterator[Any]]
-
-
-def _no_progress(items: Iterator[Any], total: int, desc: str) -> Iterator[Any]:
-    return items
-
-
 def evaluate(data: list[AnnotatedImage], predictors: dict[str, WsiSamPredictor],
              prompts: list[str], *, hr_mpp: float = 0.25, seed: int = 0,
              min_area: int = 16, max_objects: int | None = None,
-             progress: Progress = _no_progress) -> pd.DataFrame:
+             progress: Progress = no_progress) -> pd.DataFrame:
     """Dice of every model on every object and prompt setting: one row each.
 
     Columns: dataset, image, class_name, object_id, area_hr_px, model, prompt, dice.

@@ -7,6 +7,7 @@ predictor then runs as model "sam".
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,13 @@ def save_sam_decoder(decoder: nn.Module, path: Path, *, settings: dict[str, Any]
     return path
 
 
-def load_sam_decoder(path: Path, *, device: str | torch.device = "cpu") -> SamParts:
-    """MobileSAM with its mask decoder replaced by the fine-tuned one in `path`."""
+def load_sam_decoder(path: Path, *, device: str | torch.device = "cpu",
+                     base: SamParts | None = None) -> SamParts:
+    """MobileSAM with its mask decoder replaced by the fine-tuned one in `path`.
+
+    base: already loaded MobileSAM parts whose encoder and prompt encoder to share (they are
+    frozen and the same for SAM*); loaded from the weights when None.
+    """
     path = Path(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
@@ -40,7 +46,9 @@ def load_sam_decoder(path: Path, *, device: str | torch.device = "cpu") -> SamPa
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise WeightsError(f"{path} is not a SAM* decoder checkpoint (no format {FORMAT!r}); "
                            "a WSI-SAM head goes with wsi-sam:PATH")
-    parts = load_sam("mobile_sam", device="cpu")
+    base = base if base is not None else load_sam("mobile_sam", device="cpu")
+    parts = SamParts(base.encoder, base.prompt_encoder, copy.deepcopy(base.mask_decoder),
+                     name=base.name, checkpoint=base.checkpoint)
     try:
         parts.mask_decoder.load_state_dict(data["state_dict"], strict=True)
     except RuntimeError as error:

@@ -74,7 +74,10 @@ class FeatureCache:
         self.hits += 1
         return pair
 
-    def put(self, view_token: str, hr: EncoderOutput, lr: EncoderOutput) -> None:
+    def put(self, view_token: str, hr: EncoderOutput, lr: EncoderOutput
+            ) -> tuple[EncoderOutput, EncoderOutput]:
+        """Store a pair in half precision; returns it as stored, so a fresh pair and a cached
+        one feed training identically."""
         path = self.path(view_token)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {"hr_embedding": hr.embedding, "hr_early": hr.early,
@@ -88,6 +91,8 @@ class FeatureCache:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        return (EncoderOutput(data["hr_embedding"], data["hr_early"]),
+                EncoderOutput(data["lr_embedding"], data["lr_early"]))
 
     def get_or_compute(self, view_token: str, render: Callable[[], tuple[np.ndarray, np.ndarray]],
                        encode: Encode) -> tuple[EncoderOutput, EncoderOutput]:
@@ -97,10 +102,4 @@ class FeatureCache:
             return cached
         self.misses += 1
         hr_image, lr_image = render()
-        hr, lr = encode(hr_image), encode(lr_image)
-        self.put(view_token, hr, lr)
-        stored = self.get(view_token)
-        self.hits -= 1  # the read-back is not a hit
-        if stored is None:  # pragma: no cover - disk full or read-only
-            raise OSError(f"could not write the feature cache at {self.root}")
-        return stored
+        return self.put(view_token, encode(hr_image), encode(lr_image))

@@ -19,7 +19,6 @@ import csv
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +33,7 @@ from ..model.head_checkpoint import save_head
 from ..model.predictor import WsiSamPredictor
 from ..model.sam import SamParts, load_sam
 from ..model.wsi_sam import HeadConfig, WsiSam, WsiSamHead, sam_forward
+from ..progress import Progress, no_progress
 from ..slide import open_slide
 from .batches import Batch, draw_kinds, make_batches
 from .datasets import AnnotatedImage
@@ -130,23 +130,9 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-Progress = Callable[[Iterator[Any], int, str], Iterator[Any]]
-
-
-def _no_progress(items: Iterator[Any], total: int, desc: str) -> Iterator[Any]:
-    return items
-
-
-def tqdm_progress(items: Iterator[Any], total: int, desc: str) -> Iterator[Any]:
-    """A tqdm bar on stderr (the CLI's progress)."""
-    from tqdm import tqdm
-
-    return iter(tqdm(items, total=total, desc=desc, unit="it", leave=False))
-
-
 # ------------------------------------------------------------------------- preparing data
 def prepare_views(data: list[AnnotatedImage], config: TrainConfig, *, encoder: WsiSamPredictor,
-                  cache: FeatureCache, progress: Progress = _no_progress) -> list[PreparedView]:
+                  cache: FeatureCache, progress: Progress = no_progress) -> list[PreparedView]:
     """Plan the views, rasterise their objects and fetch (or compute) their encoder outputs."""
     slides = [open_slide(image.image, mpp=image.mpp) for image in data]
     try:
@@ -243,7 +229,7 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 # ------------------------------------------------------------------------- the loop
 def train(data: list[AnnotatedImage], config: TrainConfig, out: Path, *,
           resume: bool = False, device: str = "auto", feature_dir: Path | None = None,
-          progress: Progress = _no_progress, parts: SamParts | None = None,
+          progress: Progress = no_progress, parts: SamParts | None = None,
           max_steps: int | None = None) -> TrainResult:
     """Train per `config` on `data`, writing checkpoints, the log and the plot into `out`.
 
