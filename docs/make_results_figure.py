@@ -10,9 +10,10 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import binary_dilation
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from napari_wsi_sam.model.registry import shipped_heads
+from scipy.ndimage import binary_dilation
 from skimage.segmentation import find_boundaries
 
 from napari_wsi_sam.evaluation.runner import _truths, dice
@@ -20,7 +21,6 @@ from napari_wsi_sam.model.predictor import WsiSamPredictor
 from napari_wsi_sam.pipeline.crop_grid import snapped_center
 from napari_wsi_sam.pipeline.segment import crop_pair, embedding_key
 from napari_wsi_sam.prompts import Prompt
-from napari_wsi_sam.shipped_head import shipped_head_path
 from napari_wsi_sam.slide import open_slide
 from napari_wsi_sam.train.datasets import load_data
 from napari_wsi_sam.train.prompt_noise import noisy_box
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "images" / "results_overlay.png")
     args = parser.parse_args()
     image = load_data("builtin:hgsc_stromal")[0]
-    head = args.head or shipped_head_path()
+    head = args.head or shipped_heads()[0].path
     sam = WsiSamPredictor(model="sam", device="cpu")
     wsi = WsiSamPredictor(model="wsi-sam", device="cpu", head=head)
     with open_slide(image.image, mpp=image.mpp) as slide:

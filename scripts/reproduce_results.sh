@@ -34,8 +34,10 @@ if [[ "$what" == ablations || "$what" == all ]]; then
 fi
 
 if [[ "$what" == main || "$what" == all ]]; then
-  # The default-model rule; installs the head and its decision into the package.
-  .venv/bin/python -m napari_wsi_sam.evaluation.decision $out/heldout/dice_per_object.csv \
-    --candidate WSI-SAM --baseline sam --dataset hgsc_stromal \
-    --head $out/train-wsi-sam/head.pt --install src/napari_wsi_sam/heads
+  # The measured rule: record the head's held-out result in it, install it into the package
+  # (as hgsc_nuclei.pt) and write the per-magnification default (heads/default.json).
+  cp $out/train-wsi-sam/head.pt $out/hgsc_nuclei.pt
+  $cli heads decide $out/heldout/dice_per_object.csv --candidate WSI-SAM --baseline sam \
+    --dataset hgsc_stromal --head $out/hgsc_nuclei.pt --structure nuclei \
+    --install src/napari_wsi_sam/heads
 fi

@@ -20,7 +20,21 @@ RULES = [
     ("napari_wsi_sam.train.datasets", ["torch", "napari"]),
     ("napari_wsi_sam.evaluation.runner", ["napari", "qtpy"]),
     ("napari_wsi_sam.evaluation.report", ["torch", "napari"]),
+    ("napari_wsi_sam.model.registry", ["torch", "napari", "qtpy"]),
+    ("napari_wsi_sam.model", ["torch"]),
+    ("napari_wsi_sam.cli", ["torch", "napari", "qtpy"]),
+    ("napari_wsi_sam.scale", ["numpy", "torch"]),
+    ("napari_wsi_sam.windows", ["torch"]),
 ]
+
+
+def test_importing_the_model_leaves_triton_alone():
+    """The triton workaround belongs to napari processes only (napari_wsi_sam._triton)."""
+    code = ("import sys, napari_wsi_sam.model.predictor; "
+            "print('triton' in sys.modules and sys.modules['triton'] is None)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize(("module", "forbidden"), RULES)

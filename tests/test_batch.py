@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from napari_wsi_sam.annotations import LabelStore, geometry_to_mask, read_geojson
+from napari_wsi_sam.annotations.colors import as_rgb
 from napari_wsi_sam.cli.demo import SAMPLE_BOX
 from napari_wsi_sam.model.predictor import WsiSamPredictor
 from napari_wsi_sam.pipeline import (
@@ -20,7 +21,6 @@ from napari_wsi_sam.pipeline import (
     store_segmented,
     store_to_objects,
 )
-from napari_wsi_sam.pipeline.objects import as_rgb
 from napari_wsi_sam.prompts import Prompt
 from napari_wsi_sam.slide import open_slide
 

@@ -11,7 +11,7 @@ import pytest
 
 from napari_wsi_sam.annotations import write_asap_xml, write_geojson
 from napari_wsi_sam.cli import main
-from napari_wsi_sam.errors import AnnotationError, PromptError, SlideError
+from napari_wsi_sam.errors import AnnotationError, SlideError, UsageError, WeightsError
 from napari_wsi_sam.evaluation.runner import (
     build_predictors,
     dice,
@@ -19,6 +19,7 @@ from napari_wsi_sam.evaluation.runner import (
     parse_model,
     parse_prompt,
 )
+from napari_wsi_sam.model.decoder_checkpoint import save_sam_decoder
 from napari_wsi_sam.model.head_checkpoint import save_head
 from napari_wsi_sam.model.sam import load_sam
 from napari_wsi_sam.model.wsi_sam import WsiSamHead
@@ -76,17 +77,23 @@ def test_image_annotation_pairs_and_manifests(stromal, tmp_path):
         load_data(f"{image.image}={notes}")
 
 
-def test_model_and_prompt_specs():
+def test_model_and_prompt_specs(tmp_path, mobile):
     assert parse_model("sam").label == "sam"
-    spec = parse_model("WSI-SAM λ=0=wsi-sam:runs/lam0/head.pt")
-    assert (spec.label, spec.kind, spec.checkpoint.name) == ("WSI-SAM λ=0", "wsi-sam", "head.pt")
-    assert parse_model("sam-decoder:out/sam_star/sam_decoder.pt").label == "sam-decoder:sam_star"
+    head = save_head(WsiSamHead(), tmp_path / "runs" / "lam0" / "head.pt", hr_mpp=0.25)
+    spec = parse_model(f"WSI-SAM λ=0=wsi-sam:{head}")
+    assert (spec.label, spec.kind, spec.choice.head.path.name) == ("WSI-SAM λ=0", "wsi-sam",
+                                                                   "head.pt")
+    decoder = save_sam_decoder(mobile.mask_decoder, tmp_path / "sam_star" / "sam_decoder.pt",
+                               settings={})
+    assert parse_model(f"sam-decoder:{decoder}").label == "sam-decoder:sam_star"
     assert parse_prompt("points:5") == ("points", 5) and parse_prompt("box") == ("box", 0)
     for bad in ("hq-sam", "sam-decoder", "medsam:x.pt"):
-        with pytest.raises(PromptError):
+        with pytest.raises(UsageError):
             parse_model(bad)
+    with pytest.raises(WeightsError, match="does not exist"):
+        parse_model("wsi-sam:runs/none/head.pt")
     for bad in ("points:0", "points", "scribble"):
-        with pytest.raises(PromptError):
+        with pytest.raises(UsageError):
             parse_prompt(bad)
     assert dice(np.zeros(4, bool), np.zeros(4, bool)) == 1.0
     assert dice(np.array([1, 1, 0, 0], bool), np.array([1, 0, 0, 0], bool)) == pytest.approx(2 / 3)

@@ -64,9 +64,10 @@ def test_round_trip_keeps_every_tensor_and_setting(tmp_path, aggregation):
                      training_data="CATCH train split, 20 epochs")
     assert path.stat().st_size < 5 * 2**20
     loaded, settings = load_head(path)
-    assert settings.aggregation == aggregation and settings.lam == 0.7
+    assert settings.config.aggregation == aggregation and settings.lam == 0.7
+    assert settings.config == head.config  # the settings contain the head's HeadConfig
     assert settings.hr_mpp == 0.5 and settings.lr_factor == 2.0
-    assert settings.base_model == "mobile_sam" and settings.format_version == 1
+    assert settings.base_model == "mobile_sam" and settings.format_version == 2
     assert settings.training_data.startswith("CATCH")
     assert loaded.config == head.config
     expected = head.state_dict()
@@ -89,7 +90,21 @@ def test_bad_head_files_raise_weights_errors(tmp_path):
         load_head(foreign)
     with pytest.raises(ValueError, match="unknown head settings"):
         save_head(random_head(), tmp_path / "h.pt", learning_rate=1.0)
-    assert HeadSettings().head_config() == HeadConfig()
+    assert HeadSettings().config == HeadConfig()
+
+
+def test_heads_of_the_first_format_still_load(tmp_path):
+    """Format 1 kept aggregation and sam_mask beside the other settings."""
+    head = random_head(aggregation="max")
+    old = {"aggregation": "max", "sam_mask": "joint", "lam": 0.5, "hr_mpp": 0.25,
+           "lr_factor": 2.0, "base_model": "mobile_sam", "training_data": "old run",
+           "package_version": "0.1.0", "format_version": 1}
+    torch.save({"format": "napari-wsi-sam-head", "settings": old,
+                "state_dict": head.state_dict()}, tmp_path / "v1.pt")
+    loaded, settings = load_head(tmp_path / "v1.pt")
+    assert settings.config == HeadConfig(aggregation="max", sam_mask="joint")
+    assert settings.hr_mpp == 0.25 and settings.heldout is None and settings.classes == ()
+    assert loaded.config == settings.config
 
 
 @pytest.mark.parametrize("prefix", ["", "module."])
@@ -98,7 +113,7 @@ def test_authors_checkpoints_land_where_they_should(tmp_path, prefix):
     torch.save({"model": high}, tmp_path / "net_high.pth")
     torch.save({"model": low}, tmp_path / "net_low.pth")
     head, settings = import_reference_heads(tmp_path / "net_high.pth", tmp_path / "net_low.pth")
-    assert settings.aggregation == "sum" and settings.sam_mask == "joint"
+    assert settings.config == HeadConfig(aggregation="sum", sam_mask="joint")
     assert head.config == HeadConfig(aggregation="sum", sam_mask="joint")
     state = head.state_dict()
     assert len(state) == 2 * len(REFERENCE_SHAPES)

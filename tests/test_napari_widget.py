@@ -20,10 +20,11 @@ from napari_wsi_sam.annotations import (
     read_geojson,
     write_geojson,
 )
-from napari_wsi_sam.model.predictor import WsiSamPredictor
+from napari_wsi_sam.model import registry
+from napari_wsi_sam.model.head_checkpoint import save_head
+from napari_wsi_sam.model.wsi_sam import WsiSamHead
 from napari_wsi_sam.pipeline import CropPairCache, segment_prompt
 from napari_wsi_sam.prompts import Prompt
-from napari_wsi_sam.shipped_head import default_model
 from napari_wsi_sam.slide import open_slide
 
 FOLLICLE = np.array([1185.0, 1980.0, 1345.0, 2185.0])
@@ -75,10 +76,11 @@ def test_draw_refine_undo_export_import_reopen(make_napari_viewer, qtbot, slide_
     assert FOLLICLE[0] - 2 <= x0 < x1 <= FOLLICLE[2] + 2
     assert FOLLICLE[1] - 2 <= y0 < y1 <= FOLLICLE[3] + 2
     # ... and equals the pipeline's own output for the same prompt, with the default model
-    # (the measured one, docs/results.md) and the shipped head.
-    assert widget._model.value == default_model()
+    # at the widget's default 10x (the measured rule, docs/results.md: SAM there).
+    default, _ = registry.default_choice(1.0)
+    assert widget.hr_mpp() == 1.0 and widget.model_choice().spec == default.spec == "sam"
     with open_slide(slide_copy) as slide:
-        predictor = WsiSamPredictor(model=default_model(), device="cpu", head="default")
+        predictor = registry.build_predictor(default, device="cpu")
         own = segment_prompt(slide, Prompt(box=FOLLICLE), predictor,
                              crop_cache=CropPairCache())
     assert own.window == window
@@ -219,3 +221,32 @@ def test_ellipse_shapes_give_elliptic_mask_prompts(make_napari_viewer, slide_cop
     (item,) = shapes_to_items(layer, slide_layer, with_masks=True)
     mask, _ = item.mask
     assert abs(mask.sum() - np.pi * 100 * 50) / (np.pi * 100 * 50) < 0.02
+
+
+def test_the_scale_follows_the_head(make_napari_viewer, slide_copy, tmp_path):
+    _, widget = open_annotator(make_napari_viewer, slide_copy)
+    labels = [label for label, _ in widget._model_choice_list()]
+    assert labels == [c.label for c in registry.choices()]
+    assert "wsi-sam · nuclei · 40x" in labels
+    # Until a model is picked, the model follows the measured default of the magnification.
+    widget._magnification.value = 0.25
+    assert widget.model_choice().label == "wsi-sam · nuclei · 40x"
+    assert "hgsc_stromal" in widget._model.tooltip
+    widget._magnification.value = 1.0
+    assert widget.model_choice().spec == "sam" and "10x" in widget._model.tooltip
+    # A head trained at 10x, given by path, joins the list and switches the widget to 10x.
+    widget._magnification.value = 0.25
+    path = save_head(WsiSamHead(), tmp_path / "tissue.pt", hr_mpp=1.0, structure="tissue")
+    widget._head_file.value = str(path)
+    assert widget.model_choice().label == "wsi-sam · tissue · 10x"
+    assert widget.hr_mpp() == 1.0
+    # Going to 40x with that head warns in one line naming both scales; the user may go on.
+    widget._magnification.value = 0.25
+    status = widget._status.value
+    assert "10x (1.0 µm/px)" in status and "40x (0.25 µm/px)" in status
+    assert "\n" not in status and widget.model_choice().label == "wsi-sam · tissue · 10x"
+    # Picking the shipped head sets its 40x; picking SAM leaves the scale alone.
+    widget._model.value = "wsi-sam:hgsc_nuclei"
+    assert widget.hr_mpp() == 0.25
+    widget._model.value = "sam"
+    assert widget.hr_mpp() == 0.25

@@ -13,7 +13,6 @@ from napari_wsi_sam.errors import PromptError
 from napari_wsi_sam.model.predictor import WsiSamPredictor
 from napari_wsi_sam.pipeline import CropPairCache, segment_prompt, snapped_center
 from napari_wsi_sam.prompts import Prompt
-from napari_wsi_sam.shipped_head import default_model
 from napari_wsi_sam.slide import open_slide
 
 
@@ -70,7 +69,9 @@ def test_demo_command_writes_its_outputs(sample_slide, tmp_path, capsys):
                  "slide.json", "objects.geojson"):
         assert (out / name).is_file(), name
     result = json.loads((out / "result.json").read_text())
-    assert result["model"] == default_model() and result["area_um2"] > 1000
+    # At the default 10x no head has been measured, so the default is SAM (docs/results.md).
+    assert result["model"] == "sam" and result["hr_mpp"] == 1.0 and result["area_um2"] > 1000
+    assert result["score_kind"] == "predicted_iou"
     assert "wrote" in capsys.readouterr().out
 
 

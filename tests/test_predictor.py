@@ -11,17 +11,17 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from napari_wsi_sam.errors import DeviceError, PromptError
+from napari_wsi_sam.errors import DeviceError, PromptError, UsageError
 from napari_wsi_sam.model import load_sam
 from napari_wsi_sam.model import predictor as predictor_module
 from napari_wsi_sam.model.device import resolve_device, run_chunked
 from napari_wsi_sam.model.embedding_cache import EmbeddingCache
 from napari_wsi_sam.model.predictor import (
-    CROP,
     WsiSamPredictor,
     concentric_hr_to_lr,
     map_masks,
 )
+from napari_wsi_sam.scale import CROP_SIZE as CROP
 
 ORIGINS = [(0, 0), (476, 0), (0, 476), (476, 476)]  # (x, y) of 4 crops covering 1500x1500
 PER_CROP = 15  # nuclei per crop, evenly spread over the labels
@@ -198,7 +198,7 @@ def test_bad_inputs_raise_clear_errors(predictor, crop_pair):
         predictor.predict(hr, lr, points=np.zeros((1, 1, 2)))
     with pytest.raises(PromptError, match="NaN"):
         predictor.predict(hr, lr, boxes=np.array([[0, 0, np.nan, 10]]))
-    with pytest.raises(PromptError, match="unknown model"):
+    with pytest.raises(UsageError, match="unknown model"):
         predictor.predict(hr, lr, boxes=np.array([[0, 0, 10, 10]]), model="hq-sam")
     with pytest.raises(ValueError, match="uint8"):
         predictor.predict(hr[:512], lr, boxes=np.array([[0, 0, 10, 10]]))

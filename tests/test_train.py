@@ -11,16 +11,16 @@ import pytest
 import torch
 
 from napari_wsi_sam.cli import main
-from napari_wsi_sam.model.head_checkpoint import load_head
+from napari_wsi_sam.model.decoder_checkpoint import load_sam_decoder
+from napari_wsi_sam.model.head_checkpoint import HeadSettings, load_head
 from napari_wsi_sam.model.sam import load_sam
+from napari_wsi_sam.model.wsi_sam import HeadConfig
 from napari_wsi_sam.prompts import Prompt
 from napari_wsi_sam.slide import concentric_crops, open_slide
 from napari_wsi_sam.train.datasets import load_data
-from napari_wsi_sam.train.decoder_checkpoint import load_sam_decoder
 from napari_wsi_sam.train.feature_cache import FeatureCache
 from napari_wsi_sam.train.losses import dice_loss, mask_loss, wsi_sam_loss
 from napari_wsi_sam.train.prompt_noise import (
-    WindowMask,
     noisy_box,
     noisy_mask_logits,
     point_order,
@@ -28,6 +28,7 @@ from napari_wsi_sam.train.prompt_noise import (
 )
 from napari_wsi_sam.train.sampler import CropView, plan_views, render_view, view_maps, view_objects
 from napari_wsi_sam.train.trainer import TrainConfig, TrainingError, train
+from napari_wsi_sam.windows import WindowMask
 
 HR_MPP = 0.25
 
@@ -226,11 +227,14 @@ def test_training_writes_a_head_log_and_plot_and_resumes_exactly(nest, mobile, f
 @pytest.mark.parametrize("settings", [{"lam": 0.0}, {"lam": 1.0}, {"aggregation": "max"},
                                       {"aggregation": "concat_fc"}])
 def test_ablation_settings_train(nest, mobile, features, tmp_path, settings):
-    result = train(nest, TrainConfig(epochs=1, **SMALL, **settings), tmp_path, parts=mobile,
+    head = HeadSettings(config=HeadConfig(aggregation=settings.get("aggregation", "average")),
+                        lam=settings.get("lam", 0.5), hr_mpp=HR_MPP)
+    result = train(nest, TrainConfig(epochs=1, head=head, **SMALL), tmp_path, parts=mobile,
                    feature_dir=features, device="cpu", max_steps=1)
     loaded = load_head(result.model_path)
     assert loaded.settings.lam == settings.get("lam", 0.5)
-    assert loaded.settings.aggregation == settings.get("aggregation", "average")
+    assert loaded.settings.config.aggregation == settings.get("aggregation", "average")
+    assert set(loaded.settings.classes) <= {"connective", "inflammatory", "neoplastic"}
     row = result.history[0]
     assert (row["loss_lr"] == 0.0) == (settings.get("lam") == 1.0)
 

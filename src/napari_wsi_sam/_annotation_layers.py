@@ -15,7 +15,7 @@ from napari.utils.colormaps import DirectLabelColormap
 
 from ._coords import slide_to_world
 from .annotations import LabelStore
-from .pipeline.objects import as_rgb
+from .annotations.colors import as_rgba
 
 if TYPE_CHECKING:
     import napari
@@ -79,7 +79,7 @@ def refresh_store_layer(layer: Labels, store: LabelStore) -> None:
     layer.data = layer.data
     objects = store.objects
     colors: dict[int | None, Any] = {None: "transparent", 0: "transparent"}
-    colors.update({i: _rgba(o.color) for i, o in objects.items()})
+    colors.update({i: as_rgba(o.color) for i, o in objects.items()})
     layer.colormap = DirectLabelColormap(color_dict=colors)
     layer.features = pd.DataFrame({
         "index": list(objects),
@@ -87,9 +87,3 @@ def refresh_store_layer(layer: Labels, store: LabelStore) -> None:
         "model": [o.model for o in objects.values()],
         "score": [np.nan if o.score is None else o.score for o in objects.values()],
     })
-
-
-def _rgba(color: Any) -> list[float]:
-    """A class colour as napari takes it: (r, g, b, a) 0..1; yellow if unreadable."""
-    r, g, b = as_rgb(color) or (255, 255, 0)
-    return [r / 255.0, g / 255.0, b / 255.0, 1.0]

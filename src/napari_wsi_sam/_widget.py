@@ -1,3 +1,4 @@
+# ruff: noqa: E402
 """The WSI-SAM dock widget: wires napari layers to the pipeline and the label store.
 
 Draw a rectangle in 'WSI-SAM prompts' and the object is segmented (with "segment as I draw");
@@ -13,7 +14,11 @@ import logging
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
+
+from ._triton import keep_triton_out_without_a_gpu
+
+keep_triton_out_without_a_gpu()  # before napari and the model load torchvision (see _triton)
 
 import numpy as np
 from magicgui.types import FileDialogMode
@@ -28,7 +33,7 @@ from magicgui.widgets import (
     PushButton,
 )
 from napari.layers import Image, Shapes
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from . import _widget_io as io
 from ._annotation_layers import (
@@ -45,12 +50,13 @@ from ._coords import box_from_world_corners, box_to_world_corners, world_to_slid
 from ._layers import META_KEY, open_layer_slide, slide_path_of
 from ._workers import Segmented, SegmentJob, UserError, cut_crops, segment
 from .annotations import LabelStore
+from .annotations.colors import as_hex, as_rgb
 from .errors import PromptError, WsiSamError
+from .model import registry
 from .pipeline import CropPairCache
 from .pipeline.batch import BatchItem
-from .pipeline.objects import as_rgb
 from .prompts import Prompt
-from .shipped_head import default_model
+from .scale import DEFAULT_HR_MPP, MAGNIFICATIONS, magnification, mpp_text, same_scale
 from .slide import CropPair
 
 if TYPE_CHECKING:
@@ -58,17 +64,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MAGNIFICATIONS = [("40x · 0.25 µm/px (nuclei)", 0.25), ("20x · 0.5 µm/px", 0.5),
-                  ("10x · 1.0 µm/px", 1.0), ("5x · 2.0 µm/px", 2.0)]
-MODELS = ["sam", "wsi-sam", "medsam"]
 DEFAULT_CLASSES = {"tumour": "#e41a1c", "DCIS": "#984ea3", "stroma": "#4daf4a",
                    "necrosis": "#ff7f00", "other": "#ffff33"}
 EXTRA_COLORS = ["#377eb8", "#a65628", "#f781bf", "#17becf", "#999999"]
 
-def _as_hex(color: Any) -> str:
-    """A stored class colour (any form `as_rgb` reads) as '#rrggbb'; yellow if unreadable."""
-    r, g, b = as_rgb(color) or (255, 255, 0)
-    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def magnification_choice(mpp: float) -> tuple[str, float]:
+    """A magnification list entry: ('10x · 1.0 µm/px', 1.0)."""
+    name = magnification(mpp)
+    return (name if name.endswith("µm/px") else f"{name} · {mpp_text(mpp)} µm/px"), mpp
 
 
 __all__ = ["FIELDS_LAYER", "POINTS_LAYER", "PROMPTS_LAYER", "WsiSamWidget"]
@@ -92,12 +97,18 @@ class WsiSamWidget(Container):
         self._mpp = FloatSpinBox(label="µm/px", value=0.0, min=0.0, max=100.0, step=0.001,
                                  tooltip="Pixel size at full resolution, used only when the "
                                          "slide has none (0 = read it)")
-        self._model = ComboBox(label="Model", choices=MODELS, value=default_model(),
-                               tooltip="wsi-sam runs the shipped head (nuclei, 40x); the "
-                                       "default is the model that measured best held out "
-                                       "(docs/results.md)")
-        self._magnification = ComboBox(label="HR magnification", choices=MAGNIFICATIONS,
-                                       value=1.0, tooltip="LR context: half of it")
+        self._model_choices = {c.spec: c for c in registry.choices()}
+        self._model_picked = False  # until the user picks one, the model follows the default
+        self._quiet = False  # set while the widget itself changes model or magnification
+        self._model = ComboBox(label="Model", choices=self._model_choice_list)
+        self._head_file = FileEdit(label="Head file", mode=FileDialogMode.EXISTING_FILE,
+                                   filter="*.pt", value=None,
+                                   tooltip="A WSI-SAM head .pt (from train); it joins the "
+                                           "model list and sets its magnification")
+        self._magnifications = [magnification_choice(mpp) for _, mpp in MAGNIFICATIONS]
+        self._magnification = ComboBox(label="HR magnification",
+                                       choices=self._magnification_list,
+                                       value=DEFAULT_HR_MPP, tooltip="LR context: half of it")
         self._threshold = FloatSpinBox(label="Mask threshold", value=0.0, min=-10.0, max=10.0,
                                        step=0.5, tooltip="Logit; higher gives smaller masks")
         self._device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"],
@@ -121,12 +132,17 @@ class WsiSamWidget(Container):
         self._show_fields = PushButton(text="Show crop fields")
         self._status = Label(value="Draw a rectangle in the 'WSI-SAM prompts' layer.")
         super().__init__(widgets=[
-            self._slide_layer, self._slide_info, self._mpp, self._model, self._magnification,
+            self._slide_layer, self._slide_info, self._mpp, self._model, self._head_file,
+            self._magnification,
             self._threshold, self._device, self._class, self._new_class, self._class_color,
             self._labels_folder,
             self._live,
             self._segment, self._batch_layer, self._batch_masks, self._batch, self._cancel,
             self._undo, self._export, self._import, self._show_fields, self._status])
+        self._select_default_model()
+        self._model.changed.connect(self._on_model)
+        self._head_file.changed.connect(self._on_head_file)
+        self._magnification.changed.connect(self._on_magnification)
         self._slide_layer.changed.connect(self._on_slide_layer)
         self._labels_folder.changed.connect(
             lambda _=None: self._on_slide_layer(self._slide_layer.value))
@@ -144,6 +160,82 @@ class WsiSamWidget(Container):
         viewer.layers.events.inserted.connect(self._refresh_choices)
         viewer.layers.events.removed.connect(self._refresh_choices)
         self._on_slide_layer(self._slide_layer.value)
+
+    # ---------------------------------------------------------------- model and scale
+    def _magnification_list(self, _widget: Any = None) -> list[tuple[str, float]]:
+        return list(self._magnifications)
+
+    def _model_choice_list(self, _widget: Any = None) -> list[tuple[str, str]]:
+        return [(c.label, spec) for spec, c in self._model_choices.items()]
+
+    def model_choice(self) -> registry.ModelChoice:
+        """The registry's choice behind the Model list."""
+        return self._model_choices[str(self._model.value)]
+
+    def hr_mpp(self) -> float:
+        return float(self._magnification.value)
+
+    def _select_default_model(self) -> None:
+        """The measured default at the current magnification (`registry.default_choice`)."""
+        choice, reason = registry.default_choice(self.hr_mpp())
+        self._quiet = True
+        try:
+            self._model.value = self._add_choice(choice)
+        finally:
+            self._quiet = False
+        self._model.tooltip = (f"Default at {magnification(self.hr_mpp())}: {choice.label}, "
+                               f"because {reason} (docs/results.md)")
+
+    def _add_choice(self, choice: registry.ModelChoice) -> str:
+        if choice.spec not in self._model_choices:
+            self._model_choices[choice.spec] = choice
+            self._model.reset_choices()
+        return choice.spec
+
+    def _on_model(self, _value: Any = None) -> None:
+        if self._quiet:
+            return
+        self._model_picked = True
+        trained = self.model_choice().hr_mpp
+        if trained is not None and not same_scale(trained, self.hr_mpp()):
+            self._set_magnification(trained)  # the scale follows the head
+        self._model.tooltip = self.model_choice().base.summary
+
+    def _on_head_file(self, value: Any = None) -> None:
+        text = str(value or "").strip()
+        if text in ("", "."):
+            return
+        try:
+            head = registry.find_head(Path(text))
+        except WsiSamError as error:
+            self._report(str(error))
+            return
+        self._model.value = self._add_choice(registry.ModelChoice("wsi-sam", head=head))
+        self._status.value = (f"Head {head.name}: {head.label}, HR "
+                              f"{mpp_text(head.hr_mpp)} µm/px")
+
+    def _set_magnification(self, mpp: float) -> None:
+        if not any(same_scale(mpp, value) for _, value in self._magnifications):
+            self._magnifications.append(magnification_choice(mpp))
+            self._magnifications.sort(key=lambda item: item[1])
+            self._magnification.reset_choices()
+        value = next(v for _, v in self._magnifications if same_scale(mpp, v))
+        self._quiet = True
+        try:
+            self._magnification.value = value
+        finally:
+            self._quiet = False
+
+    def _on_magnification(self, _value: Any = None) -> None:
+        if self._quiet:
+            return
+        if not self._model_picked:
+            self._select_default_model()
+            return
+        warning = registry.scale_warning(self.model_choice(), self.hr_mpp())
+        if warning:
+            self._status.value = warning
+            show_warning(warning)
 
     # ---------------------------------------------------------------- layers and state
     def _slide_layer_choices(self, _widget: Any = None) -> list[Image]:
@@ -207,7 +299,7 @@ class WsiSamWidget(Container):
             return
         for record in self.store.objects.values():  # classes made on earlier days
             if record.class_name not in self.classes:
-                self.classes[record.class_name] = _as_hex(record.color)
+                self.classes[record.class_name] = as_hex(record.color)
         self._class.reset_choices()
         show_store(self._viewer, self.store, layer)
         self._viewer.layers.selection.active = prompts
@@ -332,23 +424,22 @@ class WsiSamWidget(Container):
         name = str(self._class.value)
         return SegmentJob(
             slide=self.open_slide(), prompt=prompt, store=self.store,
-            predictor_factory=self._predictor_factory(), model=str(self._model.value),
-            hr_mpp=float(self._magnification.value), threshold=float(self._threshold.value),
+            predictor_factory=self._predictor_factory(), model=self.model_choice().spec,
+            hr_mpp=self.hr_mpp(), threshold=float(self._threshold.value),
             class_name=name, color=self.classes[name], crop_cache=self._crop_cache,
             replace=replace)
 
     def _predictor_factory(self) -> Any:
-        # The model package (torch and its native libraries) is imported here, on the Qt
-        # thread, before any worker needs it; see model/__init__.py for why that matters.
-        from .model.predictor import ModelName, WsiSamPredictor
+        # The model (torch and its native libraries) is imported here, on the Qt thread,
+        # before any worker needs it; see _triton for why that matters.
+        import napari_wsi_sam.model.predictor  # noqa: F401
 
-        model = cast(ModelName, str(self._model.value))
-        key = (model, str(self._device.value))
+        choice = self.model_choice()
+        key = (choice.spec, str(self._device.value))
 
         def factory() -> Any:
             if key not in self._predictors:
-                self._predictors[key] = WsiSamPredictor(model=model, device=key[1],
-                                                        head="default")
+                self._predictors[key] = registry.build_predictor(choice, device=key[1])
             return self._predictors[key]
 
         return factory
@@ -361,10 +452,10 @@ class WsiSamWidget(Container):
         if self._current is not None:
             self._current["id"] = result.object_id
         self.refresh_labels()
-        note = f" (HR raised to {result.hr_mpp:.2f} µm/px)" if result.hr_mpp > float(
-            self._magnification.value) + 1e-9 else ""
-        self._status.value = (f"Object {result.object_id}: score {result.score:.2f}, "
-                              f"{result.seconds:.1f} s{note}")
+        note = f" (HR raised to {result.hr_mpp:.2f} µm/px)" if result.hr_mpp > (
+            self.hr_mpp() + 1e-9) else ""
+        self._status.value = (f"Object {result.object_id}: {result.score_name} "
+                              f"{result.score:.2f}, {result.seconds:.1f} s{note}")
 
     def _worker_done(self) -> None:
         self._worker = None
@@ -400,7 +491,7 @@ class WsiSamWidget(Container):
         except WsiSamError as error:
             self._report(str(error))
             return
-        worker = cut_crops(slide, prompt, float(self._magnification.value))
+        worker = cut_crops(slide, prompt, self.hr_mpp())
         worker.returned.connect(self._show_fields_of)
         worker.start()
         self._fields_worker = worker

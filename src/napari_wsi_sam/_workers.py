@@ -17,6 +17,7 @@ from napari.qt.threading import thread_worker
 
 from .annotations import LabelStore
 from .errors import WsiSamError
+from .model.registry import SCORE_NAMES
 from .pipeline import CropPairCache, segment_prompt
 from .pipeline.batch import BatchItem, BatchProgress, refine_batch
 from .pipeline.objects import store_segmented
@@ -40,6 +41,7 @@ class Segmented:
     score: float
     hr_mpp: float
     seconds: float
+    score_name: str = "score"
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class SegmentJob:
     store: LabelStore
     predictor_factory: Any
     model: str
+    """The registry spec of the model (`ModelChoice.spec`), for messages and records."""
     hr_mpp: float
     threshold: float
     class_name: str
@@ -74,8 +77,7 @@ def segment(job: SegmentJob) -> Segmented | UserError:
     try:
         predictor = job.predictor_factory()
         obj = segment_prompt(job.slide, job.prompt, predictor, hr_mpp=job.hr_mpp,
-                             model=job.model, threshold=job.threshold,
-                             crop_cache=job.crop_cache)
+                             threshold=job.threshold, crop_cache=job.crop_cache)
         if job.replace is not None and job.replace in job.store.objects:
             job.store.remove_object(job.replace)
         object_id = store_segmented(job.store, obj, class_name=job.class_name,
@@ -83,7 +85,7 @@ def segment(job: SegmentJob) -> Segmented | UserError:
     except WsiSamError as error:
         return UserError(str(error))
     return Segmented(object_id, job.replace, obj.score, obj.crops.hr_mpp,
-                     time.perf_counter() - started)
+                     time.perf_counter() - started, SCORE_NAMES[obj.score_kind])
 
 
 def batch_worker(job: SegmentJob, items: Sequence[BatchItem], *,
@@ -95,7 +97,7 @@ def batch_worker(job: SegmentJob, items: Sequence[BatchItem], *,
         try:
             predictor = job.predictor_factory()
             yield from refine_batch(job.slide, items, predictor, store=job.store,
-                                    hr_mpp=job.hr_mpp, model=job.model,
+                                    hr_mpp=job.hr_mpp,
                                     default_class=job.class_name, default_color=job.color,
                                     use_mask_prompts=use_mask_prompts,
                                     crop_cache=job.crop_cache)

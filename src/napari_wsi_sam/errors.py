@@ -41,3 +41,11 @@ class LabelStoreError(WsiSamError, ValueError):
 
 class AnnotationError(WsiSamError, ValueError):
     """Annotations cannot be read, written or converted: not GeoJSON, a bad mask or window."""
+
+
+class UsageError(WsiSamError, ValueError):
+    """A setting or name the user gave is not one this package knows (a model, a head, a range)."""
+
+
+class TrainingError(WsiSamError, ValueError):
+    """Training cannot start or go on: bad settings, no usable objects, a foreign checkpoint."""

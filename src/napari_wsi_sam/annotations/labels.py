@@ -26,6 +26,7 @@ import numpy as np
 import zarr
 
 from ..errors import LabelStoreError
+from ..windows import Window
 from .label_journal import UndoBlocks, read_json, write_json
 from .label_ops import (
     LevelPlan,
@@ -52,7 +53,7 @@ UNDO_DIR = "undo"
 SUFFIX = ".wsi-sam"
 DTYPES = ("uint8", "uint16", "uint32", "uint64")
 
-Window = tuple[int, int, int, int]
+
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class LabelObject:
     window: Window
     area: int
     created: str
+    score_kind: str = "predicted_iou"
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LabelObject:
@@ -236,7 +238,8 @@ class LabelStore:
     # -- writing ---------------------------------------------------------------------------
     def add_object(self, mask: np.ndarray, window: Window, *, class_name: str = "object",
                    color: str | tuple[float, ...] = "#ffff00", model: str = "",
-                   score: float | None = None, prompt: dict[str, Any] | None = None) -> int:
+                   score: float | None = None, prompt: dict[str, Any] | None = None,
+                   score_kind: str = "predicted_iou") -> int:
         """Paint `mask` (h, w) bool at level-0 `window` (x0, y0, x1, y1) on every level and
         record it; returns the new id. Pixels where the mask is False keep their labels."""
         mask, window = self._check_mask(mask, window)
@@ -248,7 +251,8 @@ class LabelStore:
                              color=color if isinstance(color, str) else tuple(color),
                              model=str(model), score=None if score is None else float(score),
                              prompt=prompt, window=window, area=int(mask.sum()),
-                             created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                             score_kind=str(score_kind))
         try:
             json.dumps(asdict(record))
         except (TypeError, ValueError) as err:

@@ -27,10 +27,10 @@ from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
 from ..errors import AnnotationError
+from ..windows import Window
 
 logger = logging.getLogger(__name__)
 
-Window: TypeAlias = tuple[int, int, int, int]
 Areal: TypeAlias = Polygon | MultiPolygon
 
 # Edge directions in (x, y): 0 = +x, 1 = +y, 2 = -x, 3 = -y. Turning "left" (towards the

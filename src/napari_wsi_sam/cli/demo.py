@@ -18,8 +18,8 @@ from ..assets import SAMPLE_SLIDE
 from ..errors import PromptError
 from ..pipeline import CropPairCache, SegmentedObject, segment_prompt
 from ..prompts import Prompt
-from ..shipped_head import default_model
 from ..slide import open_slide
+from .segment import add_model_arguments, resolve_model
 from .slide import make_output_folder, slide_info, write_crops
 
 SAMPLE_BOX = (1185.0, 1980.0, 1345.0, 2185.0)
@@ -32,10 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("slide", type=Path, help="slide file")
     parser.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
                         help="box in level-0 pixels (default: a follicle of the sample slide)")
-    parser.add_argument("--model", default=default_model(),
-                        choices=["sam", "wsi-sam", "medsam"],
-                        help="model to run (default: the model that measured best held out)")
-    parser.add_argument("--hr-mpp", type=float, default=1.0, help="HR µm/px (default 1.0 = 10x)")
+    add_model_arguments(parser)
     parser.add_argument("--mpp", type=float, default=None,
                         help="µm/px of the slide, when it does not record one")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
@@ -44,19 +41,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ..model.predictor import WsiSamPredictor
+    from ..model.registry import SCORE_NAMES, build_predictor
 
     if args.box is None and args.slide.name != SAMPLE_SLIDE:
         raise PromptError(f"{args.slide.name} is not the sample slide; give --box X0 Y0 X1 Y1")
     prompt = Prompt.from_box(args.box or SAMPLE_BOX)
+    choice, hr_mpp = resolve_model(args)
     make_output_folder(args.out)
     with open_slide(args.slide, mpp=args.mpp) as slide:
         info = slide_info(slide)
         (args.out / "slide.json").write_text(json.dumps(info, indent=2))
-        predictor = WsiSamPredictor(model=args.model, device=args.device, head="default")
+        predictor = build_predictor(choice, device=args.device)
         crop_cache = CropPairCache()
         started = time.perf_counter()
-        obj = segment_prompt(slide, prompt, predictor, hr_mpp=args.hr_mpp,
+        obj = segment_prompt(slide, prompt, predictor, hr_mpp=hr_mpp,
                              crop_cache=crop_cache)
         cold = time.perf_counter() - started
         # The same object again with a positive click in the box's middle, as a user would
@@ -64,24 +62,27 @@ def _demo(args: argparse.Namespace) -> int:
         click = Prompt(box=prompt.box, points=prompt.center()[None, :],
                        labels=np.ones(1, dtype=np.int64))
         started = time.perf_counter()
-        segment_prompt(slide, click, predictor, hr_mpp=args.hr_mpp, crop_cache=crop_cache)
+        segment_prompt(slide, click, predictor, hr_mpp=hr_mpp, crop_cache=crop_cache)
         warm = time.perf_counter() - started
         crops = write_crops(obj.crops, prompt, args.out, slide_path=args.slide)
         _write_mask_images(obj, args.out)
         mpp = slide.require_mpp()
         write_geojson([AnnotationObject(
             id=1, geometry=mask_to_geometry(obj.mask, obj.window), class_name="object",
-            color=(255, 255, 0), properties={"model": obj.model, "score": obj.score})],
+            color=(255, 255, 0), properties={"model": choice.spec, "score": obj.score,
+                                              "score_kind": obj.score_kind})],
             args.out / "objects.geojson", mpp=mpp)
     result = {
-        "model": obj.model, "device": str(predictor.device), "score": round(obj.score, 4),
+        "model": choice.spec, "device": str(predictor.device), "score": round(obj.score, 4),
+        "score_kind": obj.score_kind,
         "window_level0": list(obj.window), "area_px": obj.area_px,
         "area_um2": round(obj.area_um2(mpp), 1), "hr_mpp": crops["hr_mpp"],
         "seconds_first_prompt": round(cold, 3), "seconds_refining_click": round(warm, 3),
     }
     (args.out / "result.json").write_text(json.dumps(result, indent=2))
-    print(f"{args.slide.name}: {obj.model} on {predictor.device}, object of "
-          f"{result['area_um2']:.0f} µm² (score {obj.score:.2f}) in {cold:.2f} s, "
+    print(f"{args.slide.name}: {choice.label} on {predictor.device} at {hr_mpp:g} µm/px, "
+          f"object of {result['area_um2']:.0f} µm² ({SCORE_NAMES[obj.score_kind]} "
+          f"{obj.score:.2f}) in {cold:.2f} s, "
           f"a refining click {warm:.2f} s (cached crops and embeddings); wrote {args.out}")
     return 0
 

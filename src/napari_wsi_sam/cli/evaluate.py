@@ -19,8 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", action="append", required=True, metavar="SPEC",
                         help="builtin:hgsc_stromal, IMAGE=ANNOTATIONS or a manifest; repeatable")
     parser.add_argument("--models", default="sam,medsam,wsi-sam",
-                        help="comma-separated: sam, medsam, wsi-sam[:HEAD], sam-decoder:CKPT, "
-                             "each optionally LABEL=...; wsi-sam alone is the shipped head")
+                        help="comma-separated models of the registry (napari-wsi-sam heads "
+                             "list): sam, medsam, wsi-sam[:HEAD NAME OR FILE], "
+                             "sam-decoder:CKPT, each optionally LABEL=...; wsi-sam alone is "
+                             "the shipped head")
     parser.add_argument("--prompts", default=DEFAULT_PROMPTS,
                         help=f"comma-separated box, points:K (default {DEFAULT_PROMPTS})")
     parser.add_argument("--out", type=Path, required=True, help="folder for tables and plots")
@@ -56,7 +58,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     datasets = ", ".join(sorted({image.dataset for image in data}))
     report = write_report(records, args.out, title=f"Zero-shot Dice on {datasets}",
                           n_boot=args.bootstrap, seed=args.seed)
-    settings = {"data": args.data, "models": [vars(s) | {"checkpoint": str(s.checkpoint)}
+    settings = {"data": args.data, "models": [{"label": s.label, "model": s.choice.spec}
                                               for s in specs],
                 "prompts": prompts, "hr_mpp": args.hr_mpp, "seed": args.seed,
                 "max_objects": args.max_objects, "objects_scored": int(

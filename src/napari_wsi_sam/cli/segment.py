@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AnnotationError, PromptError
+from ..model.registry import MODEL_NAMES
 from ..prompts import Prompt
-from ..shipped_head import default_model
 
 EPILOG = """\
 coordinates are level-0 slide pixels (x, y), boxes X0 Y0 X1 Y1.
@@ -46,12 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         metavar=("X", "Y"), help="negative point (with --box; repeatable)")
     parser.add_argument("--mask-prompts", action="store_true",
                         help="with --prompts: give each polygon's own mask as a mask prompt")
-    parser.add_argument("--model", default=default_model(),
-                        choices=["sam", "wsi-sam", "medsam"],
-                        help="model to run (default: the one that measured best held out, "
-                             "docs/results.md)")
-    parser.add_argument("--hr-mpp", type=float, default=1.0,
-                        help="HR crop µm/px (default 1.0 = 10x; LR is twice that)")
+    add_model_arguments(parser)
     parser.add_argument("--mpp", type=float, default=None,
                         help="µm/px of the slide, when it does not record one")
     parser.add_argument("--class", dest="class_name", default="object",
@@ -69,13 +64,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_segment)
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --head and --hr-mpp, read by `model.registry.resolve` (segment and demo)."""
+    parser.add_argument("--model", default=None, choices=MODEL_NAMES,
+                        help="model to run (default: the one that measured best held out at "
+                             "the HR magnification, docs/results.md; sam where none was "
+                             "measured)")
+    parser.add_argument("--head", default=None, metavar="NAME_OR_PATH",
+                        help="WSI-SAM head: a name from `napari-wsi-sam heads list` or a head "
+                             ".pt file (implies --model wsi-sam; its scale is the default "
+                             "--hr-mpp)")
+    parser.add_argument("--hr-mpp", type=float, default=None,
+                        help="HR crop µm/px (default: the head's scale, else 1.0 = 10x; LR is "
+                             "twice that)")
+
+
+def resolve_model(args: argparse.Namespace) -> tuple:
+    """(choice, hr_mpp) for the model arguments; the scale warning goes to stderr."""
+    from ..model.registry import resolve
+
+    resolved = resolve(args.model, head=args.head, hr_mpp=args.hr_mpp)
+    if resolved.warning:
+        print(f"napari-wsi-sam: warning: {resolved.warning}", file=sys.stderr)
+    return resolved.choice, resolved.hr_mpp
+
+
 def _segment(args: argparse.Namespace) -> int:
     from ..annotations.labels import LabelStore
-    from ..model.predictor import WsiSamPredictor
+    from ..model.registry import SCORE_NAMES, build_predictor
     from ..pipeline import export_geojson, prompts_from_geojson, segment_prompt, store_segmented
     from ..slide import open_slide
 
     _check_args(args)
+    choice, hr_mpp = resolve_model(args)
     items = None
     if args.prompts is not None:
         items, skipped = prompts_from_geojson(args.prompts)
@@ -87,35 +108,37 @@ def _segment(args: argparse.Namespace) -> int:
     with open_slide(args.slide, mpp=args.mpp) as slide:
         mpp = slide.require_mpp()
         store = LabelStore.for_slide(slide, folder=args.labels)
-        predictor = WsiSamPredictor(model=args.model, device=args.device, head="default")
+        predictor = build_predictor(choice, device=args.device)
         color = tuple(args.color)
         if items is None:
             points = [*args.point, *args.negative_point]
             labels = [1] * len(args.point) + [0] * len(args.negative_point)
             prompt = Prompt(box=np.asarray(args.box), points=np.asarray(points).reshape(-1, 2),
                             labels=np.asarray(labels, dtype=np.int64))
-            obj = segment_prompt(slide, prompt, predictor, hr_mpp=args.hr_mpp, model=args.model)
+            obj = segment_prompt(slide, prompt, predictor, hr_mpp=hr_mpp)
             ids = [store_segmented(store, obj, class_name=args.class_name, color=color,
                                    prompt=prompt)]
-            print(f"object {ids[0]}: {obj.area_um2(mpp):.0f} µm², score {obj.score:.2f}",
+            print(f"object {ids[0]}: {obj.area_um2(mpp):.0f} µm², {choice.label} at "
+                  f"{hr_mpp:g} µm/px, {SCORE_NAMES[obj.score_kind]} {obj.score:.2f}",
                   file=sys.stderr)
         else:
-            ids = _run_batch(slide, items, predictor, store=store, args=args, mpp=mpp)
+            ids = _run_batch(slide, items, predictor, store=store, args=args, mpp=mpp,
+                             hr_mpp=hr_mpp)
         written = export_geojson(store, args.out, mpp=mpp, ids=None if args.all else ids)
     print(f"{written} objects written to {args.out} ({len(ids)} new; labels in {store.folder})")
     return 0
 
 
 def _run_batch(slide, items, predictor, *, store, args: argparse.Namespace,
-               mpp: tuple[float, float]) -> list[int]:
+               mpp: tuple[float, float], hr_mpp: float) -> list[int]:
     """Refine `items`, one progress line per item on stderr; returns the new object ids.
     Ctrl-C stops after the current object; the finished ones are kept and exported."""
     from ..pipeline import refine_batch
 
     ids: list[int] = []
     errors = 0
-    batch = refine_batch(slide, items, predictor, store=store, hr_mpp=args.hr_mpp,
-                         model=args.model, default_class=args.class_name,
+    batch = refine_batch(slide, items, predictor, store=store, hr_mpp=hr_mpp,
+                         default_class=args.class_name,
                          default_color=tuple(args.color), use_mask_prompts=args.mask_prompts)
     try:
         for step in batch:

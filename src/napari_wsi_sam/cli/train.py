@@ -48,13 +48,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from ..model.head_checkpoint import HeadSettings
+    from ..model.wsi_sam import HeadConfig
     from ..progress import cli_progress
     from ..train.datasets import load_data
     from ..train.trainer import TrainConfig, train
 
     data = load_data(args.data, mpp=args.mpp)
-    config = TrainConfig(mode=args.mode, lam=args.lam, aggregation=args.aggregation,
-                         hr_mpp=args.hr_mpp, lr_factor=args.lr_factor, epochs=args.epochs,
+    head = HeadSettings(config=HeadConfig(aggregation=args.aggregation), lam=args.lam,
+                        hr_mpp=args.hr_mpp, lr_factor=args.lr_factor)
+    config = TrainConfig(mode=args.mode, head=head, epochs=args.epochs,
                          views_per_image=args.views_per_image,
                          objects_per_view=args.objects_per_view, batch=args.batch, lr=args.lr,
                          weight_decay=args.weight_decay, seed=args.seed,

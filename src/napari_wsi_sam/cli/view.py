@@ -22,6 +22,9 @@ def _view(args: argparse.Namespace) -> int:
 
     slide = open_slide(args.slide, mpp=args.mpp)
 
+    from .._triton import keep_triton_out_without_a_gpu
+
+    keep_triton_out_without_a_gpu()
     import napari
 
     from .._layers import slide_layer_data

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ..errors import PromptError
+from ..errors import UsageError
 from ..model.embedding_cache import EmbeddingCache
 from ..model.predictor import WsiSamPredictor
+from ..model.registry import BASE_MODELS, ModelChoice, build_predictor, parse_choice
 from ..model.sam import SamParts, load_sam
 from ..pipeline.crop_grid import CropPairCache, snapped_center
 from ..pipeline.segment import crop_pair, embedding_key
@@ -35,45 +35,44 @@ from ..progress import Progress, no_progress
 from ..prompts import Prompt
 from ..slide import open_slide
 from ..train.datasets import AnnotatedImage
-from ..train.prompt_noise import WindowMask, noisy_box, point_order
+from ..train.prompt_noise import noisy_box, point_order
 from ..train.sampler import rasterise
+from ..windows import WindowMask
 
 logger = logging.getLogger(__name__)
 
-MODEL_KINDS = ("sam", "medsam", "wsi-sam", "sam-decoder")
-BOX_ONLY = {"medsam"}
-"""Models evaluated with boxes only (MedSAM takes no points, as in the paper)."""
 CHUNK = 16
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model to evaluate: its label in the tables, its kind and its checkpoint."""
+    """One model to evaluate: its label in the tables and the registry's choice."""
 
     label: str
-    kind: str
-    checkpoint: Path | None = None
+    choice: ModelChoice
+
+    @property
+    def kind(self) -> str:
+        return self.choice.model
 
 
 def parse_model(text: str) -> ModelSpec:
-    """``KIND``, ``KIND:CHECKPOINT`` or ``LABEL=KIND[:CHECKPOINT]``.
-
-    wsi-sam without a checkpoint is the head shipped in the package; sam-decoder needs one.
-    """
+    """``MODEL[:CHECKPOINT]`` or ``LABEL=MODEL[:CHECKPOINT]``, MODEL and CHECKPOINT as the
+    model registry reads them (`registry.parse_choice`): wsi-sam alone is the shipped head,
+    sam-decoder needs its checkpoint."""
     label, _, spec = text.rpartition("=") if "=" in text else ("", "", text)
-    kind, _, checkpoint = spec.partition(":")
-    kind = kind.strip()
-    if kind not in MODEL_KINDS:
-        raise PromptError(f"unknown model {kind!r} in {text!r}; use {', '.join(MODEL_KINDS)}, "
-                          "with :CHECKPOINT for wsi-sam and sam-decoder")
-    if kind == "sam-decoder" and not checkpoint:
-        raise PromptError("sam-decoder needs its checkpoint: sam-decoder:PATH/sam_decoder.pt")
-    if kind in ("sam", "medsam") and checkpoint:
-        raise PromptError(f"{kind} takes no checkpoint (got {checkpoint!r})")
-    path = Path(checkpoint) if checkpoint else None
+    choice = parse_choice(spec)
     if not label:
-        label = kind if path is None else f"{kind}:{path.parent.name or path.stem}"
-    return ModelSpec(label, kind, path)
+        label = choice.model if choice.head is None and choice.decoder is None else (
+            f"{choice.model}:{_short(choice)}")
+    return ModelSpec(label.strip(), choice)
+
+
+def _short(choice: ModelChoice) -> str:
+    path = choice.decoder if choice.decoder is not None else choice.head.path  # type: ignore[union-attr]
+    if choice.head is not None and choice.head.source != "file":
+        return choice.head.name
+    return path.parent.name or path.stem
 
 
 def parse_prompt(text: str) -> tuple[str, int]:
@@ -84,36 +83,25 @@ def parse_prompt(text: str) -> tuple[str, int]:
     kind, _, k = text.partition(":")
     if kind == "points" and k.isdigit() and int(k) >= 1:
         return "points", int(k)
-    raise PromptError(f"unknown prompt setting {text!r}; use box or points:K (K >= 1)")
+    raise UsageError(f"unknown prompt setting {text!r}; use box or points:K (K >= 1)")
 
 
 def build_predictors(specs: list[ModelSpec], *, device: str = "auto",
                      mobile: SamParts | None = None) -> dict[str, WsiSamPredictor]:
-    """One predictor per model; the MobileSAM ones share the encoder and its cache."""
-    from ..shipped_head import shipped_head_path
-    from ..train.decoder_checkpoint import load_sam_decoder
-
+    """One predictor per model (`registry.build_predictor`); the MobileSAM ones share the
+    encoder and its embedding cache."""
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
-        raise PromptError(f"two models share a label in {labels}; name them LABEL=MODEL:CKPT")
+        raise UsageError(f"two models share a label in {labels}; name them LABEL=MODEL:CKPT")
     mobile = mobile if mobile is not None else load_sam("mobile_sam", device="cpu")
     shared = EmbeddingCache(1 << 30)
     predictors = {}
     for spec in specs:
-        if spec.kind == "medsam":
-            predictors[spec.label] = WsiSamPredictor(model="medsam", device=device)
-        elif spec.kind == "sam":
-            predictors[spec.label] = WsiSamPredictor(model="sam", device=device,
-                                                     parts={"mobile_sam": mobile}, cache=shared)
-        elif spec.kind == "wsi-sam":
-            head = spec.checkpoint or shipped_head_path()
-            predictors[spec.label] = WsiSamPredictor(model="wsi-sam", device=device, head=head,
-                                                     parts={"mobile_sam": mobile}, cache=shared)
+        if spec.choice.base.weights == "mobile_sam":
+            predictors[spec.label] = build_predictor(spec.choice, device=device, cache=shared,
+                                                     parts={"mobile_sam": mobile})
         else:
-            assert spec.checkpoint is not None
-            parts = load_sam_decoder(spec.checkpoint, base=mobile)  # shares the encoder
-            predictors[spec.label] = WsiSamPredictor(model="sam", device=device,
-                                                     parts={"mobile_sam": parts}, cache=shared)
+            predictors[spec.label] = build_predictor(spec.choice, device=device)
     return predictors
 
 
@@ -207,7 +195,7 @@ def _score_crop(image: AnnotatedImage, index: int, pair, key, truth, predictors,
                 prompt["points"] = np.stack([o[np.arange(k) % len(o)] for o in orders])
                 prompt["point_labels"] = np.ones((len(chunk), k), dtype=np.int64)
             for label, predictor in predictors.items():
-                if kind != "box" and predictor.model in BOX_ONLY:
+                if kind != "box" and BASE_MODELS[predictor.model].box_only:
                     continue
                 prediction = predictor.predict(
                     pair.hr.image, pair.lr.image, hr_to_lr=pair.hr_to_lr, cache_key=key,

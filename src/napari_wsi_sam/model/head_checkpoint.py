@@ -18,7 +18,7 @@ import pickle
 import re
 import zipfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,35 +27,65 @@ from torch import Tensor
 
 from .. import __version__
 from ..errors import WeightsError
+from ..scale import DEFAULT_HR_MPP, LR_FACTOR
 from .wsi_sam import HeadConfig, WsiSamHead
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "napari-wsi-sam-head"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: settings nest the `HeadConfig` and carry the head's structure, classes and held-out
+result; files of format 1 still load."""
 
 
 @dataclass(frozen=True)
 class HeadSettings:
-    """What a head is and how it was made; written into every head checkpoint.
+    """What a head is, the scale it works at and how it was made; written into every head file.
 
-    aggregation, sam_mask: `wsi_sam.HeadConfig`. lam: λ of the loss λ·L_HR + (1-λ)·L_LR.
-    hr_mpp: HR pixel size in µm/px the head was trained at; lr_factor: LR pixel size / HR.
-    base_model: the SAM variant under it. training_data: free text (data set, split, epochs).
+    config: what the head computes (`wsi_sam.HeadConfig`: aggregation, SAM mask source).
+    lam: λ of the loss λ·L_HR + (1-λ)·L_LR. hr_mpp: HR pixel size in µm/px the head was
+    trained at (its magnification); lr_factor: LR pixel size / HR. base_model: the SAM variant
+    under it. name: short name in the registry (default: the file's stem). structure: what it
+    segments, in a word ("nuclei", "glands"), shown in model lists. classes: the annotation
+    classes it learnt from. training_data: free text (data, split, epochs). heldout: its
+    measured held-out comparison with SAM (`evaluation.decision.decide`), or None.
     """
 
-    aggregation: str = "average"
-    sam_mask: str = "separate"
+    config: HeadConfig = field(default_factory=HeadConfig)
     lam: float = 0.5
-    hr_mpp: float = 1.0
-    lr_factor: float = 2.0
+    hr_mpp: float = DEFAULT_HR_MPP
+    lr_factor: float = LR_FACTOR
     base_model: str = "mobile_sam"
+    name: str = ""
+    structure: str = ""
+    classes: tuple[str, ...] = ()
     training_data: str = ""
+    heldout: dict[str, Any] | None = None
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
 
-    def head_config(self) -> HeadConfig:
-        return HeadConfig(aggregation=self.aggregation, sam_mask=self.sam_mask)  # type: ignore[arg-type]
+    def to_dict(self) -> dict[str, Any]:
+        """Plain numbers, strings, lists and dicts (what ``weights_only`` loading allows)."""
+        out = asdict(self)
+        out["classes"] = list(self.classes)
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> HeadSettings:
+        """Settings from `to_dict`, or from a format-1 file (config fields at the top level)."""
+        values = dict(raw)
+        config = values.pop("config", None)
+        if not isinstance(config, Mapping):
+            config = {k: values[k] for k in ("aggregation", "sam_mask") if k in values}
+        known = {f.name for f in fields(cls)} - {"config"}
+        kept = {k: v for k, v in values.items() if k in known}
+        if "classes" in kept:
+            kept["classes"] = tuple(str(c) for c in kept["classes"] or ())
+        try:
+            return cls(config=HeadConfig(**{k: v for k, v in config.items()
+                                            if k in ("aggregation", "sam_mask")}), **kept)
+        except (TypeError, ValueError) as error:
+            raise WeightsError(f"head settings are damaged ({error})") from error
 
 
 class LoadedHead(NamedTuple):
@@ -65,23 +95,26 @@ class LoadedHead(NamedTuple):
 
 def save_head(head: WsiSamHead, path: Path, *, settings: HeadSettings | None = None,
               **overrides: Any) -> Path:
-    """Write `head` and its settings to `path`; aggregation and sam_mask come from the head.
+    """Write `head` and its settings to `path`; the `HeadConfig` comes from the head itself.
 
-    overrides: any `HeadSettings` field (lam=, hr_mpp=, training_data=, ...).
+    overrides: any other `HeadSettings` field (lam=, hr_mpp=, structure=, heldout=, ...).
     """
     base = settings or HeadSettings()
-    known = {f.name for f in fields(HeadSettings)}
+    known = {f.name for f in fields(HeadSettings)} - {"config"}
     unknown = set(overrides) - known
     if unknown:
         raise ValueError(f"unknown head settings {sorted(unknown)}; known: {sorted(known)}")
-    final = replace(base, **overrides, aggregation=head.config.aggregation,
-                    sam_mask=head.config.sam_mask, package_version=__version__,
+    if "classes" in overrides:
+        overrides["classes"] = tuple(overrides["classes"])
+    final = replace(base, **overrides, config=head.config, package_version=__version__,
                     format_version=FORMAT_VERSION)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
-    torch.save({"format": FORMAT, "settings": asdict(final), "state_dict": state}, path)
-    logger.info("saved WSI-SAM head (%s) to %s", final.aggregation, path)
+    tmp = path.with_name(f".{path.name}.part")
+    torch.save({"format": FORMAT, "settings": final.to_dict(), "state_dict": state}, tmp)
+    tmp.replace(path)
+    logger.info("saved WSI-SAM head (%s) to %s", final.config.aggregation, path)
     return path
 
 
@@ -98,10 +131,14 @@ def load_head(path: Path, *, device: str | torch.device = "cpu") -> LoadedHead:
     if version > FORMAT_VERSION:
         raise WeightsError(f"{path} has head format {version}, newer than this package reads "
                            f"({FORMAT_VERSION}); upgrade napari-wsi-sam")
-    known = {f.name for f in fields(HeadSettings)}
-    settings = HeadSettings(**{k: v for k, v in raw.items() if k in known})
+    settings = HeadSettings.from_dict(raw)
     head = _build(settings, data.get("state_dict") or {}, source=str(path))
     return LoadedHead(head.to(device), settings)
+
+
+def read_head_settings(path: Path) -> HeadSettings:
+    """The settings of a head file, checked to fit a head (for listing heads)."""
+    return load_head(path).settings
 
 
 # The authors' per-resolution names -> ours (after the "hr."/"lr." prefix).
@@ -164,14 +201,16 @@ def import_reference_heads(
         states.append(data)
     mapped, dropped = reference_filter_fn(states[0], states[1])
     logger.debug("dropped %d frozen SAM decoder tensors from the reference heads", len(dropped))
-    base = settings or HeadSettings(training_data="WSI-SAM authors' checkpoint (CATCH)")
-    final = replace(base, aggregation=aggregation, sam_mask=sam_mask)
+    base = settings or HeadSettings(training_data="WSI-SAM authors' checkpoint (CATCH)",
+                                    structure="regions", name="wsi-sam-authors")
+    final = replace(base, config=HeadConfig(aggregation=aggregation,  # type: ignore[arg-type]
+                                            sam_mask=sam_mask))  # type: ignore[arg-type]
     return LoadedHead(_build(final, mapped, source="WSI-SAM reference checkpoints"), final)
 
 
 def _build(settings: HeadSettings, state: Mapping[str, Tensor], *, source: str) -> WsiSamHead:
     try:
-        head = WsiSamHead(settings.head_config(), zero_init=False)
+        head = WsiSamHead(settings.config, zero_init=False)
     except ValueError as error:
         raise WeightsError(f"{source}: {error}") from error
     try:

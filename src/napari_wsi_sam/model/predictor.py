@@ -1,10 +1,12 @@
 """`WsiSamPredictor`: prompts in HR-crop pixels -> masks, holding all per-image state.
 
-Models (the ``model`` argument):
+Models (the ``model`` argument; the names and what they are live in `registry`):
 
 - "wsi-sam" (default): MobileSAM encoder on the HR and the LR crop, WSI-SAM decoder. Without a
-  trained head it uses a fresh one, whose masks equal SAM's exactly.
-- "sam": MobileSAM on the HR crop alone.
+  trained head it uses a fresh one, whose masks equal SAM's exactly. Its score is the
+  stability of its own mask logits (segment-anything's stability score), never SAM's IoU
+  estimate for SAM's mask.
+- "sam": MobileSAM on the HR crop alone; score: SAM's predicted IoU.
 - "medsam": LiteMedSAM on the HR crop resized to 256x256 (prompts scaled to match).
 
 Every crop is 1024x1024 RGB uint8; every coordinate is in HR-crop pixels, (x, y), boxes XYXY.
@@ -24,8 +26,11 @@ from typing import Literal
 
 import numpy as np
 import torch
+from segment_anything.utils.amg import calculate_stability_score
 
-from ..errors import PromptError
+from ..errors import PromptError, UsageError
+from ..scale import CROP_SIZE as CROP
+from ..scale import LOW_RES
 from .device import (
     Precision,
     encoder_dtype,
@@ -36,8 +41,8 @@ from .device import (
 )
 from .embedding_cache import DEFAULT_CACHE_BYTES, EmbeddingCache
 from .encoder import EncoderOutput, optimise_for_inference
+from .head_checkpoint import HeadSettings
 from .prompt_arrays import (
-    CROP,
     MASK_FILL,
     XYMap,
     concentric_hr_to_lr,
@@ -46,11 +51,11 @@ from .prompt_arrays import (
     prompt_arrays,
     to_prompts,
 )
+from .registry import BASE_MODELS
 from .sam import SamParts, load_sam
-from .wsi_sam import LOW_RES, WsiSam, WsiSamHead, sam_forward, upsample_logits
+from .wsi_sam import WsiSam, WsiSamHead, sam_forward, upsample_logits
 
-__all__ = ["BASE_MODELS", "CROP", "MASK_FILL", "Prediction", "WsiSamPredictor",
-           "concentric_hr_to_lr", "map_masks"]
+__all__ = ["MASK_FILL", "Prediction", "WsiSamPredictor", "concentric_hr_to_lr", "map_masks"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +63,13 @@ _HEAD_VERSIONS = itertools.count(1)
 """Unique per loaded head across predictors, so predictors can share one embedding cache."""
 
 ModelName = Literal["wsi-sam", "sam", "medsam"]
-BASE_MODELS: dict[str, str] = {"wsi-sam": "mobile_sam", "sam": "mobile_sam",
-                               "medsam": "lite_medsam"}
-"""Predictor model name -> the SAM variant (weights) it runs on."""
+PREDICTOR_MODELS = tuple(name for name, base in BASE_MODELS.items()
+                         if base.checkpoint != "decoder")
+"""The models a predictor runs itself (SAM* is "sam" on fine-tuned parts: `registry`)."""
+STABILITY_OFFSET = 1.0
+"""Logit offset of the stability score (segment-anything's automatic mask generator's)."""
+
+
 @dataclass(frozen=True)
 class Prediction:
     """Masks for N prompts on one HR crop."""
@@ -70,10 +79,12 @@ class Prediction:
     logits: np.ndarray
     """(N,1024,1024) float32 mask logits, HR-crop pixels."""
     scores: np.ndarray
-    """(N,) float32: SAM's predicted IoU of each mask."""
+    """(N,) float32 in [0, 1]: the score of each returned mask (`score_kind`)."""
     low_res_logits: np.ndarray
     """(N,256,256) float32: the logits before upsampling (a mask prompt for the next click)."""
     model: str = "wsi-sam"
+    score_kind: str = "predicted_iou"
+    """"predicted_iou" (SAM's IoU head) or "stability" (of these logits: `registry.SCORE_NAMES`)."""
 
 
 class WsiSamPredictor:
@@ -126,7 +137,7 @@ class WsiSamPredictor:
         self._parts: dict[str, SamParts] = {}
         for name, loaded in (parts or {}).items():
             self._parts[name] = self._prepare(loaded)
-        self._head = self._as_head(head)
+        self._head, self._head_settings = self._as_head(head)
         self._wsi: WsiSam | None = None
         self._lock = threading.RLock()
 
@@ -139,25 +150,33 @@ class WsiSamPredictor:
     def head(self) -> WsiSamHead:
         return self._head
 
+    @property
+    def head_settings(self) -> HeadSettings | None:
+        """The settings of the head file in use (its HR µm/px, LR factor, what it learnt), or
+        None for a head given as a module or a fresh one."""
+        return self._head_settings
+
     def set_head(self, head: WsiSamHead | Path | str | None) -> None:
         """Use another WSI-SAM head (None: a fresh one); drops its cached image features."""
         with self._lock:
-            self._head = self._as_head(head)
+            self._head, self._head_settings = self._as_head(head)
             self._wsi = None
             self.cache.discard(lambda key: key[0] == "fusion")
 
-    def _as_head(self, head: WsiSamHead | Path | str | None) -> WsiSamHead:
-        if isinstance(head, str) and head == "default":
-            from ..shipped_head import default_head
-
-            head = default_head()
+    def _as_head(self, head: WsiSamHead | Path | str | None
+                 ) -> tuple[WsiSamHead, HeadSettings | None]:
+        """A head from a module, a head file, a registry name (`registry.find_head`), or
+        None (a fresh head, whose masks equal SAM's)."""
+        settings = None
         if isinstance(head, (str, Path)):
             from .head_checkpoint import load_head
+            from .registry import find_head
 
-            head = load_head(Path(head)).head
+            loaded = load_head(find_head(head).path)
+            head, settings = loaded.head, loaded.settings
         self._head_version = next(_HEAD_VERSIONS)
         head = head if head is not None else WsiSamHead()
-        return head.eval().requires_grad_(False).to(self._device)
+        return head.eval().requires_grad_(False).to(self._device), settings
 
     def parts(self, base: str) -> SamParts:
         """The loaded SAM variant `base` ("mobile_sam", "lite_medsam"), loading it once."""
@@ -272,7 +291,7 @@ class WsiSamPredictor:
         hr_prompts = prompt_arrays(boxes, points, point_labels, mask_prompts, role="HR")
         n = len(hr_prompts["n"])
         with self._lock, torch.inference_mode():
-            base = BASE_MODELS[name]
+            base = BASE_MODELS[name].weights
             hr = self.encode(hr_image, base=base, key=cache_key)
             if name == "wsi-sam":
                 if lr_image is None:
@@ -311,8 +330,10 @@ class WsiSamPredictor:
 
     @staticmethod
     def _check_model(name: str) -> None:
-        if name not in BASE_MODELS:
-            raise PromptError(f"unknown model {name!r}; use one of {', '.join(BASE_MODELS)}")
+        if name not in PREDICTOR_MODELS:
+            raise UsageError(f"unknown model {name!r} for a predictor; use one of "
+                             f"{', '.join(PREDICTOR_MODELS)} (SAM* through registry."
+                             "build_predictor)")
 
 
 def _to(value: EncoderOutput, device: torch.device) -> EncoderOutput:
@@ -329,6 +350,9 @@ def _check_image(image: np.ndarray) -> None:
 
 def _prediction(chunks: list[tuple[torch.Tensor, torch.Tensor]], n: int, *, name: str,
                 threshold: float) -> Prediction:
+    """Upsampled logits, masks and scores; a model whose `score_kind` is "stability" is
+    scored on its own logits, not with SAM's IoU estimate (which is for SAM's mask)."""
+    kind = BASE_MODELS[name].score_kind
     logits = np.empty((n, CROP, CROP), np.float32)
     low = np.empty((n, LOW_RES, LOW_RES), np.float32)
     scores = np.empty(n, np.float32)
@@ -336,8 +360,20 @@ def _prediction(chunks: list[tuple[torch.Tensor, torch.Tensor]], n: int, *, name
     for chunk_logits, iou in chunks:
         stop = start + len(chunk_logits)
         low[start:stop] = chunk_logits[:, 0].float().cpu().numpy()
-        logits[start:stop] = upsample_logits(chunk_logits.float(), size=CROP)[:, 0].cpu().numpy()
-        scores[start:stop] = iou[:, 0].float().cpu().numpy()
+        up = upsample_logits(chunk_logits.float(), size=CROP)[:, 0]
+        logits[start:stop] = up.cpu().numpy()
+        if kind == "stability":
+            scores[start:stop] = stability_score(up, threshold=threshold).cpu().numpy()
+        else:
+            scores[start:stop] = iou[:, 0].float().cpu().numpy()
         start = stop
     return Prediction(masks=logits > threshold, logits=logits, scores=scores,
-                      low_res_logits=low, model=name)
+                      low_res_logits=low, model=name, score_kind=kind)
+
+
+def stability_score(logits: torch.Tensor, *, threshold: float = 0.0,
+                    offset: float = STABILITY_OFFSET) -> torch.Tensor:
+    """(N,H,W) mask logits -> (N,) IoU of the masks at ``threshold ± offset`` (0 when even
+    the looser mask is empty): how little the mask moves with the threshold."""
+    score = calculate_stability_score(logits, threshold, offset)
+    return torch.nan_to_num(score, nan=0.0)

@@ -13,17 +13,18 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import PromptError
-from .wsi_sam import LOW_RES, Prompts
+from ..scale import CROP_SIZE as CROP
+from ..scale import LOW_RES, LR_FACTOR
+from .wsi_sam import Prompts
 
-CROP = 1024
-"""Side of the HR and LR crops, in pixels."""
 MASK_FILL = -20.0
 """Logit given to mask-prompt pixels that fall outside the HR crop when mapped into the LR crop."""
 
 XYMap = Callable[[np.ndarray], np.ndarray]
 
 
-def concentric_hr_to_lr(xy: np.ndarray, *, size: int = CROP, factor: float = 2.0) -> np.ndarray:
+def concentric_hr_to_lr(xy: np.ndarray, *, size: int = CROP, factor: float = LR_FACTOR
+                        ) -> np.ndarray:
     """(..., 2) (x, y) HR-crop pixels -> LR-crop pixels for concentric crops, LR `factor`x coarser.
 
     For 1024 crops and factor 2: ``lr = hr / 2 + 256`` (the reference code's box mapping).

@@ -30,12 +30,11 @@ import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder, PromptEncoder
 from torch import Tensor, nn
 
+from ..scale import CROP_SIZE
 from .encoder import EncoderOutput
 from .fusion import Aggregation, ResolutionBranch, Role, TokenAggregation
 
 SamMaskSource = Literal["separate", "joint"]
-LOW_RES = 256
-"""Side of the decoder's mask logits, in pixels (a quarter of a 1024 crop)."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ class WsiSamOutput(NamedTuple):
     """(N,1): SAM's predicted IoU of the returned mask."""
 
 
-def upsample_logits(logits: Tensor, *, size: int = 1024) -> Tensor:
+def upsample_logits(logits: Tensor, *, size: int = CROP_SIZE) -> Tensor:
     """(N,C,256,256) logits -> (N,C,size,size), bilinear as segment-anything's postprocessing."""
     return F.interpolate(logits, (size, size), mode="bilinear", align_corners=False)
 

@@ -25,8 +25,10 @@ import numpy as np
 from ..annotations.labels import LabelStore
 from ..errors import PromptError
 from ..prompts import Prompt
+from ..scale import LOW_RES
 from ..slide import CropPair, Slide
 from ..slide.crops import check_prompt_on_slide
+from ..windows import Window
 from .crop_grid import CropPairCache, snapped_center
 from .objects import store_segmented
 from .segment import (
@@ -42,10 +44,6 @@ logger = logging.getLogger(__name__)
 
 MASK_PROMPT_LOGIT = 10.0
 """Logit of a mask prompt's pixels: +this inside the item's own mask, -this outside."""
-LOW_RES = 256
-"""Side of the predictor's mask-prompt grid over the HR crop (4 HR pixels per cell)."""
-
-Window = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True, eq=False)
@@ -217,7 +215,7 @@ def _predict_group(slide: Slide, crops: CropPair, items: list[BatchItem], predic
         mask, window = placed
         out.append(SegmentedObject(mask=mask, window=window, score=float(prediction.scores[k]),
                                    model=prediction.model, prompt=item.prompt, crops=crops,
-                                   crop_mask=crop_mask))
+                                   crop_mask=crop_mask, score_kind=prediction.score_kind))
     return out
 
 

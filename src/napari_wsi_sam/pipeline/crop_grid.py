@@ -12,10 +12,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
 from ..prompts import Prompt
+from ..scale import CROP_SIZE
 from ..slide import CropPair, Slide
 
 
-def snapped_center(slide: Slide, prompt: Prompt, *, hr_mpp: float, size: int = 1024,
+def snapped_center(slide: Slide, prompt: Prompt, *, hr_mpp: float, size: int = CROP_SIZE,
                    margin: float = 0.1) -> tuple[float, float]:
     """The grid node nearest the prompt's centre (level-0 x, y) when the prompt's bounds
     stay ``margin * size`` HR pixels inside the HR crop around it; else the prompt's centre."""

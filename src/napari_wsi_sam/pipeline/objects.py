@@ -12,8 +12,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
+from ..annotations.colors import as_rgb
 from ..annotations.geojson import AnnotationObject, read_geojson, write_geojson
 from ..annotations.labels import LabelStore
 from ..annotations.polygons import geometry_to_mask, mask_to_geometry
@@ -26,15 +25,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RGB = tuple[int, int, int]
-
-
 def store_segmented(store: LabelStore, obj: SegmentedObject, *, class_name: str,
                     color: str | tuple, prompt: Prompt) -> int:
     """Add `obj` (its mask over its level-0 window) to `store` with its model, score and
     prompt (``prompt.to_dict()``); returns the new object id. The write is all-or-nothing."""
     return store.add_object(obj.mask, obj.window, class_name=class_name, color=color,
-                            model=obj.model, score=obj.score, prompt=prompt.to_dict())
+                            model=obj.model, score=obj.score, prompt=prompt.to_dict(),
+                            score_kind=obj.score_kind)
 
 
 def store_to_objects(store: LabelStore, *, ids: Collection[int] | None = None
@@ -54,6 +51,7 @@ def store_to_objects(store: LabelStore, *, ids: Collection[int] | None = None
         properties: dict[str, object] = {"model": record.model}
         if record.score is not None:
             properties["score"] = record.score
+            properties["score_kind"] = record.score_kind
         out.append(AnnotationObject(id=object_id, geometry=mask_to_geometry(mask, window),
                                     class_name=record.class_name, color=as_rgb(record.color),
                                     properties=properties))
@@ -95,25 +93,3 @@ def prompts_from_geojson(path: Path) -> tuple[list[BatchItem], list[str]]:
         items.append(BatchItem(prompt=prompt, class_name=obj.class_name, color=obj.color,
                                mask=geometry_to_mask(obj.geometry), source=source))
     return items, skipped
-
-
-def as_rgb(color: object) -> RGB | None:
-    """A colour as (r, g, b) 0..255: from "#rrggbb" / "#rrggbbaa", (r, g, b[, a]) ints
-    0..255, or floats 0..1 (napari's); None (logged) for anything else."""
-    if isinstance(color, str):
-        text = color.strip().lstrip("#")
-        if len(text) in (6, 8):
-            try:
-                return int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16)
-            except ValueError:
-                pass
-    elif isinstance(color, tuple | list) and len(color) in (3, 4):
-        values = [float(v) for v in color[:3]]
-        floats = any(isinstance(v, float | np.floating) for v in color[:3])
-        if floats and all(0.0 <= v <= 1.0 for v in values):
-            values = [v * 255.0 for v in values]
-        if all(0.0 <= v <= 255.0 for v in values):
-            r, g, b = (round(v) for v in values)
-            return r, g, b
-    logger.info("colour %r is not (r, g, b) or #rrggbb; exported without a colour", color)
-    return None

@@ -15,6 +15,7 @@ from ..errors import PromptError
 from ..prompts import Prompt
 from ..slide import CropPair, Slide, concentric_crops
 from ..slide.crops import check_prompt_on_slide
+from ..windows import Window
 from .crop_grid import CropPairCache, snapped_center
 
 logger = logging.getLogger(__name__)
@@ -28,16 +29,18 @@ TINY_MASK = "the object is smaller than one slide pixel; zoom in or draw a large
 @dataclass(frozen=True, eq=False)
 class SegmentedObject:
     """One object: ``mask`` (h, w) bool over ``window`` = (x0, y0, x1, y1) level-0 pixels
-    (x1, y1 exclusive; the window is the mask's tight bounding box), with the model's score.
+    (x1, y1 exclusive; the window is the mask's tight bounding box), with the model's score
+    (``score_kind``: "predicted_iou" or "stability", `model.registry.SCORE_NAMES`).
     ``crop_mask`` (S, S) bool is the same object on the HR crop grid, for display."""
 
     mask: np.ndarray
-    window: tuple[int, int, int, int]
+    window: Window
     score: float
     model: str
     prompt: Prompt
     crops: CropPair
     crop_mask: np.ndarray
+    score_kind: str = "predicted_iou"
 
     @property
     def area_px(self) -> int:
@@ -93,7 +96,7 @@ def segment_prompt(
     mask, tight = placed
     return SegmentedObject(mask=mask, window=tight, score=float(prediction.scores[0]),
                            model=prediction.model, prompt=prompt, crops=crops,
-                           crop_mask=crop_mask)
+                           crop_mask=crop_mask, score_kind=prediction.score_kind)
 
 
 def crop_pair(slide: Slide, prompt: Prompt, *, hr_mpp: float,

@@ -30,6 +30,7 @@ from scipy import sparse
 
 from ..errors import PromptError, SlideError
 from ..prompts import Prompt
+from ..scale import CROP_SIZE, DEFAULT_HR_MPP, LR_FACTOR
 from .cropmap import CropMap
 from .reader import Slide
 
@@ -103,9 +104,9 @@ def concentric_crops(
     slide: Slide,
     prompt: Prompt,
     *,
-    hr_mpp: float = 1.0,
-    size: int = 1024,
-    lr_factor: float = 2.0,
+    hr_mpp: float = DEFAULT_HR_MPP,
+    size: int = CROP_SIZE,
+    lr_factor: float = LR_FACTOR,
     margin: float = 0.1,
     center: tuple[float, float] | None = None,
     pad_value: int = 255,
@@ -149,7 +150,7 @@ def check_prompt_on_slide(slide: Slide, prompt: Prompt) -> None:
                           f"{slide.path.name}; prompts are level-0 pixels (x, y)")
 
 
-def cut_crop(slide: Slide, center: tuple[float, float], *, mpp: float, size: int = 1024,
+def cut_crop(slide: Slide, center: tuple[float, float], *, mpp: float, size: int = CROP_SIZE,
              pad_value: int = 255) -> Crop:
     """One `size` x `size` crop at `mpp` µm/px centred on level-0 `center` (x, y)."""
     cmap = crop_map(slide, center, mpp=mpp, size=size)
@@ -163,7 +164,7 @@ def cut_crop(slide: Slide, center: tuple[float, float], *, mpp: float, size: int
                 source_level=source)
 
 
-def crop_map(slide: Slide, center: tuple[float, float], *, mpp: float, size: int = 1024
+def crop_map(slide: Slide, center: tuple[float, float], *, mpp: float, size: int = CROP_SIZE
              ) -> CropMap:
     """The map of the `size` x `size` crop at `mpp` µm/px centred on level-0 `center`, without
     reading pixels (training rasterises annotations through it)."""

@@ -19,8 +19,9 @@ from ..model.prompt_arrays import (
     to_prompts,
 )
 from ..model.wsi_sam import Prompts
+from ..scale import CROP_SIZE as CROP
 from .prompt_noise import PROMPT_KINDS, PromptKind, noisy_box, noisy_mask_logits, sample_points
-from .sampler import CROP, ViewObject
+from .sampler import ViewObject
 
 
 @dataclass

@@ -8,11 +8,13 @@ bool whose pixel [0, 0] is crop pixel (x0, y0). No torch here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from scipy import ndimage
+
+from ..scale import CROP_SIZE
+from ..windows import WindowMask
 
 PromptKind = Literal["box", "points", "mask"]
 PROMPT_KINDS: tuple[PromptKind, ...] = ("box", "points", "mask")
@@ -21,38 +23,6 @@ BOX_SHIFT = 0.10
 """A noisy box's centre moves by up to this fraction of the box's width / height."""
 BOX_SCALE = 0.20
 """A noisy box's width and height change by up to this fraction."""
-
-
-@dataclass(frozen=True)
-class WindowMask:
-    """An object's mask on a crop grid, stored tight: ``mask`` (h, w) bool at ``origin``."""
-
-    mask: np.ndarray
-    origin: tuple[int, int]
-
-    @property
-    def box(self) -> np.ndarray:
-        """Tight XYXY box of the set pixels (pixel i covers [i, i + 1))."""
-        rows = np.flatnonzero(self.mask.any(axis=1))
-        cols = np.flatnonzero(self.mask.any(axis=0))
-        x0, y0 = self.origin
-        return np.array([x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1],
-                        dtype=np.float64)
-
-    @property
-    def area(self) -> int:
-        return int(self.mask.sum())
-
-    def dense(self, size: int = 1024) -> np.ndarray:
-        """The mask pasted into a (size, size) bool crop (cut at the crop's edges)."""
-        out = np.zeros((size, size), dtype=bool)
-        x0, y0 = self.origin
-        h, w = self.mask.shape
-        ys, xs = max(0, -y0), max(0, -x0)
-        ye, xe = min(h, size - y0), min(w, size - x0)
-        if ye > ys and xe > xs:
-            out[y0 + ys:y0 + ye, x0 + xs:x0 + xe] = self.mask[ys:ye, xs:xe]
-        return out
 
 
 def noisy_box(box: np.ndarray, rng: np.random.Generator, *, shift: float = BOX_SHIFT,
@@ -92,7 +62,7 @@ def sample_points(window: WindowMask, k: int, rng: np.random.Generator) -> np.nd
     return order[np.arange(k) % len(order)]
 
 
-def noisy_mask_logits(window: WindowMask, rng: np.random.Generator, *, size: int = 1024,
+def noisy_mask_logits(window: WindowMask, rng: np.random.Generator, *, size: int = CROP_SIZE,
                       low_res: int = 256, sigma: float = 1.5, noise: float = 0.35,
                       logit: float = 8.0) -> np.ndarray:
     """A coarse mask prompt (low_res, low_res) float32 logits: the object's mask at the

@@ -22,12 +22,11 @@ from skimage.color import hsv2rgb, rgb2hsv
 from ..annotations import AnnotationObject, geometry_to_mask
 from ..annotations.polygons import Areal
 from ..prompts import Prompt
+from ..scale import CROP_SIZE as CROP
 from ..slide import Slide, concentric_crops
 from ..slide.cropmap import CropMap
 from ..slide.crops import crop_map
-from .prompt_noise import WindowMask
-
-CROP = 1024
+from ..windows import WindowMask
 
 
 @dataclass(frozen=True)

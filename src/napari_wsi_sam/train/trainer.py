@@ -18,7 +18,9 @@ import copy
 import csv
 import functools
 import logging
+import pickle
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -26,18 +28,18 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..errors import WsiSamError
+from ..errors import TrainingError
+from ..model.decoder_checkpoint import save_sam_decoder
 from ..model.device import encoder_dtype, resolve_device
 from ..model.encoder import EncoderOutput
-from ..model.head_checkpoint import save_head
+from ..model.head_checkpoint import HeadSettings, save_head
 from ..model.predictor import WsiSamPredictor
 from ..model.sam import SamParts, load_sam
-from ..model.wsi_sam import HeadConfig, WsiSam, WsiSamHead, sam_forward
+from ..model.wsi_sam import WsiSam, WsiSamHead, sam_forward
 from ..progress import Progress, no_progress
 from ..slide import open_slide
 from .batches import Batch, draw_kinds, make_batches
 from .datasets import AnnotatedImage
-from .decoder_checkpoint import save_sam_decoder
 from .feature_cache import FeatureCache, image_identity, weights_identity
 from .losses import mask_loss, wsi_sam_loss
 from .prompt_noise import PROMPT_KINDS
@@ -50,8 +52,8 @@ MODES: tuple[Mode, ...] = ("wsi-sam", "sam-decoder")
 LOG_FIELDS = ["epoch", "step", "kind_mix", "prompts", "loss", "loss_hr", "loss_lr", "seconds"]
 
 
-class TrainingError(WsiSamError, ValueError):
-    """Training cannot start or go on: bad settings, no usable objects, a foreign checkpoint."""
+TRAIN_HR_MPP = 0.25
+"""HR µm/px a run trains at unless told otherwise: 40x, for nuclei."""
 
 
 @dataclass
@@ -59,17 +61,15 @@ class TrainConfig:
     """Everything that decides a training run (saved in its checkpoints).
 
     mode: "wsi-sam" trains the new head; "sam-decoder" fine-tunes SAM's mask decoder (SAM*).
-    lam: λ of L = λ·L_high + (1 - λ)·L_low. aggregation: HR/LR token aggregation.
-    hr_mpp, lr_factor: crop pixel sizes (HR, and LR = HR x factor).
-    views_per_image: crop pairs planned per image; objects_per_view: objects per view per
-    epoch; batch: objects per optimiser step (all from one view).
+    head: the head to make (`HeadSettings`): its `HeadConfig` (aggregation), λ of
+    L = λ·L_high + (1 - λ)·L_low, and the crop pixel sizes (HR, and LR = HR x lr_factor),
+    which SAM* crops use too. views_per_image: crop pairs planned per image;
+    objects_per_view: objects per view per epoch; batch: objects per optimiser step (all
+    from one view).
     """
 
     mode: Mode = "wsi-sam"
-    lam: float = 0.5
-    aggregation: str = "average"
-    hr_mpp: float = 0.25
-    lr_factor: float = 2.0
+    head: HeadSettings = field(default_factory=lambda: HeadSettings(hr_mpp=TRAIN_HR_MPP))
     views_per_image: int = 24
     objects_per_view: int = 12
     batch: int = 4
@@ -86,8 +86,8 @@ class TrainConfig:
     def check(self) -> None:
         if self.mode not in MODES:
             raise TrainingError(f"unknown mode {self.mode!r}; use {' or '.join(MODES)}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise TrainingError(f"lambda must lie in [0, 1], got {self.lam}")
+        if not 0.0 <= self.head.lam <= 1.0:
+            raise TrainingError(f"lambda must lie in [0, 1], got {self.head.lam}")
         for name in ("views_per_image", "objects_per_view", "batch", "epochs", "max_points"):
             if int(getattr(self, name)) < 1:
                 raise TrainingError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -98,11 +98,27 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """A config from `asdict`, or from a run of format 1 (head settings at the top)."""
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
+        head = values.pop("head", None)
+        if not isinstance(head, dict):
+            head = {k: data[k] for k in ("lam", "aggregation", "hr_mpp", "lr_factor")
+                    if k in data}
+        values["head"] = HeadSettings.from_dict(head)
         if "prompt_kinds" in values:
             values["prompt_kinds"] = tuple(values["prompt_kinds"])
         return cls(**values)
+
+    def comparable(self) -> dict[str, Any]:
+        """What must match for a run to resume: everything but epochs, data and the head's
+        description (which training fills in)."""
+        out = asdict(self)
+        out.pop("epochs"), out.pop("data")
+        head = self.head
+        out["head"] = {"config": asdict(head.config), "lam": head.lam, "hr_mpp": head.hr_mpp,
+                       "lr_factor": head.lr_factor, "base_model": head.base_model}
+        return out
 
 
 @dataclass
@@ -138,7 +154,8 @@ def prepare_views(data: list[AnnotatedImage], config: TrainConfig, *, encoder: W
     try:
         objects = [list(image.objects) for image in data]
         views = plan_views(objects, slides, views_per_image=config.views_per_image,
-                           hr_mpp=config.hr_mpp, lr_factor=config.lr_factor, seed=config.seed)
+                           hr_mpp=config.head.hr_mpp, lr_factor=config.head.lr_factor,
+                           seed=config.seed)
         identities = [image_identity(image.image) for image in data]
         prepared = []
         for view in progress(iter(views), len(views), "encoding crops"):
@@ -177,7 +194,7 @@ class Trainable:
         self.config = config
         self.device = device
         if config.mode == "wsi-sam":
-            head = WsiSamHead(HeadConfig(aggregation=config.aggregation))  # type: ignore[arg-type]
+            head = WsiSamHead(config.head.config)
             self.model: torch.nn.Module = WsiSam(prompt_encoder=parts.prompt_encoder,
                                                  mask_decoder=parts.mask_decoder, head=head)
             self.trained: torch.nn.Module = head
@@ -194,9 +211,10 @@ class Trainable:
     def loss(self, batch: Batch, hr: EncoderOutput, lr: EncoderOutput
              ) -> tuple[torch.Tensor, float, float]:
         if self.config.mode == "wsi-sam":
-            out = self.model(hr, lr, batch.hr, batch.lr, with_lr_mask=self.config.lam < 1.0)
+            lam = self.config.head.lam
+            out = self.model(hr, lr, batch.hr, batch.lr, with_lr_mask=lam < 1.0)
             parts = wsi_sam_loss(out.hr_logits, batch.hr_target, out.lr_logits,
-                                 batch.lr_target, lam=self.config.lam)
+                                 batch.lr_target, lam=lam)
             return parts.total, float(parts.high), float(parts.low)
         logits, _ = sam_forward(self.prompt_encoder, self.model,  # type: ignore[arg-type]
                                 hr.embedding, batch.hr)
@@ -205,9 +223,9 @@ class Trainable:
 
     def save(self, path: Path, settings: dict[str, Any]) -> Path:
         if self.config.mode == "wsi-sam":
-            return save_head(self.trained, path, lam=self.config.lam,  # type: ignore[arg-type]
-                             hr_mpp=self.config.hr_mpp, lr_factor=self.config.lr_factor,
-                             training_data=settings.get("training_data", ""))
+            return save_head(self.trained, path, settings=self.config.head,  # type: ignore[arg-type]
+                             training_data=settings.get("training_data", ""),
+                             classes=settings.get("classes", ()))
         return save_sam_decoder(self.trained, path, settings=settings)
 
     @property
@@ -263,7 +281,9 @@ def train(data: list[AnnotatedImage], config: TrainConfig, out: Path, *,
     _write_log(log_path, history)
     steps = len(history)
     epoch = first_epoch
-    settings = {"training_data": _describe(config, data), "config": asdict(config)}
+    classes = sorted({o.class_name for image in data for o in image.objects if o.class_name})
+    settings = {"training_data": _describe(config, data), "config": asdict(config),
+                "classes": classes}
     for epoch in range(first_epoch, config.epochs):
         rng = np.random.default_rng([config.seed, 1000 + epoch])
         order = rng.permutation(len(prepared))
@@ -300,7 +320,7 @@ def _step(trainable: Trainable, optimiser: torch.optim.Optimizer, view: Prepared
           device: torch.device) -> dict[str, Any]:
     started = time.perf_counter()
     kinds = draw_kinds(len(objects), rng, tuple(config.prompt_kinds))  # type: ignore[arg-type]
-    batches = make_batches(objects, kinds, rng, lr_factor=config.lr_factor,
+    batches = make_batches(objects, kinds, rng, lr_factor=config.head.lr_factor,
                            max_points=config.max_points, device=device)
     hr = EncoderOutput(*(t.to(device, torch.float32) for t in view.hr))
     lr = EncoderOutput(*(t.to(device, torch.float32) for t in view.lr))
@@ -322,8 +342,9 @@ def _step(trainable: Trainable, optimiser: torch.optim.Optimizer, view: Prepared
 
 def _describe(config: TrainConfig, data: list[AnnotatedImage]) -> str:
     names = sorted({image.dataset for image in data})
-    return (f"{config.data or ', '.join(names)}; {config.mode}, λ={config.lam}, "
-            f"{config.aggregation}, HR {config.hr_mpp} µm/px x{config.lr_factor}, "
+    head = config.head
+    return (f"{config.data or ', '.join(names)}; {config.mode}, λ={head.lam}, "
+            f"{head.config.aggregation}, HR {head.hr_mpp} µm/px x{head.lr_factor}, "
             f"{config.views_per_image} views/image, {config.objects_per_view} objects/view, "
             f"batch {config.batch}, {config.epochs} epochs, seed {config.seed}")
 
@@ -343,17 +364,17 @@ def _save_state(out: Path, epoch: int, config: TrainConfig, trainable: Trainable
 
 def _load_state(path: Path, config: TrainConfig, trainable: Trainable,
                 optimiser: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]]]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise TrainingError(f"cannot resume from {path}: {error}; delete it to start over"
+    try:  # tensors and plain settings only: a crafted file cannot run code here
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise TrainingError(f"cannot resume from {path} ({reason}); delete it to start over"
                             ) from None
     if not isinstance(state, dict) or state.get("format") != "napari-wsi-sam-train-state":
         raise TrainingError(f"{path} is not a napari-wsi-sam training state")
-    saved = TrainConfig.from_dict(state["config"])
-    differs = [f.name for f in fields(TrainConfig)
-               if f.name not in ("epochs", "data") and getattr(saved, f.name) != getattr(
-                   config, f.name)]
+    saved, now = TrainConfig.from_dict(state["config"]).comparable(), config.comparable()
+    differs = [name for name in now if saved.get(name) != now[name]]
     if differs:
         raise TrainingError(f"cannot resume {path.parent}: its run used other settings "
                             f"({', '.join(differs)}); use a new --out or the same settings")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
-from ..model.sam import SamParts, load_sam
+from .sam import SamParts, load_sam
 
 FORMAT = "napari-wsi-sam-sam-decoder"
 
