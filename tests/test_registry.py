@@ -167,28 +167,34 @@ def test_scale_follows_the_head(tmp_path):
 
 
 # ---------------------------------------------------------------------------- every model
-def registered(tmp_path_factory, mobile) -> list[registry.ModelChoice]:
+EVERY_MODEL = [*(c.spec for c in registry.choices()), "sam-decoder:FILE", "wsi-sam:FILE"]
+"""Every registered model and head, plus a SAM* decoder file and a head given by path."""
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory, mobile):
     folder = tmp_path_factory.mktemp("models")
     decoder = save_sam_decoder(mobile.mask_decoder, folder / "sam_decoder.pt", settings={})
-    by_path = head_at(folder / "by_path.pt", 1.0)
-    return [*registry.choices(), registry.parse_choice(f"sam-decoder:{decoder}"),
-            registry.ModelChoice("wsi-sam", head=by_path)]
+    save_head(WsiSamHead(), folder / "by_path.pt", hr_mpp=1.0)
+    return {"sam-decoder:FILE": f"sam-decoder:{decoder}",
+            "wsi-sam:FILE": f"wsi-sam:{folder / 'by_path.pt'}"}
 
 
-def test_every_registered_model_and_head_runs_one_prompt(sample_slide, tmp_path_factory, mobile):
-    choices = registered(tmp_path_factory, mobile)
-    assert {c.model for c in choices} == set(registry.MODEL_NAMES)
+def test_every_model_name_is_covered():
+    assert {spec.partition(":")[0] for spec in EVERY_MODEL} == set(registry.MODEL_NAMES)
+
+
+@pytest.mark.parametrize("spec", EVERY_MODEL)
+def test_every_registered_model_and_head_runs_one_prompt(spec, sample_slide, model_files,
+                                                         mobile):
+    choice = registry.parse_choice(model_files.get(spec, spec))
+    predictor = registry.build_predictor(choice, device="cpu", parts={"mobile_sam": mobile})
     follicle = Prompt.from_box((1185.0, 1980.0, 1345.0, 2185.0))
     with open_slide(sample_slide) as slide:
-        for choice in choices:
-            predictor = registry.build_predictor(choice, device="cpu",
-                                                 parts={"mobile_sam": mobile})
-            obj = segment_prompt(slide, follicle, predictor, hr_mpp=1.0,
-                                 crop_cache=CropPairCache())
-            x0, y0, x1, y1 = obj.window
-            assert 1180 <= x0 < x1 <= 1350 and 1975 <= y0 < y1 <= 2190, choice.label
-            assert 0.0 <= obj.score <= 1.0
-            assert obj.score_kind == choice.base.score_kind, choice.label
+        obj = segment_prompt(slide, follicle, predictor, hr_mpp=1.0, crop_cache=CropPairCache())
+    x0, y0, x1, y1 = obj.window
+    assert 1180 <= x0 < x1 <= 1350 and 1975 <= y0 < y1 <= 2190
+    assert 0.0 <= obj.score <= 1.0 and obj.score_kind == choice.base.score_kind
 
 
 def test_a_wsi_sam_score_is_its_own_stability(sample_slide, mobile):
