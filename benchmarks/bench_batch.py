@@ -8,7 +8,7 @@ of the section (level-0 px), up to ``--n``. Two runs in the same process, each w
 predictor (empty embedding cache, weights shared) after one warm-up encoder pass:
 
 - grouped: `refine_batch` (crop centres snapped to the half-crop grid, one crop pair and one
-  predictor call per group), objects written to a label store in a temporary folder;
+  predictor call per group), objects written to an object store in a temporary folder;
 - one at a time: `segment_prompt(snap=False)` per box, the crops centred on each box, so every
   box pays for its own crops and encoder pass (the store is not written).
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_wsi_sam.annotations import LabelStore
+from napari_wsi_sam.annotations import open_store
 from napari_wsi_sam.assets import fetch
 from napari_wsi_sam.model.predictor import WsiSamPredictor
 from napari_wsi_sam.pipeline import BatchItem, group_by_crop, refine_batch, segment_prompt
@@ -67,14 +67,14 @@ def main() -> None:
         groups, _ = group_by_crop(slide, items)
         grouped = fresh()
         with tempfile.TemporaryDirectory() as folder:
-            store = LabelStore.for_slide(slide, folder=Path(folder) / "labels")
-            started = time.perf_counter()
-            steps = list(refine_batch(slide, items, grouped, store=store, model=args.model))
-            t_grouped = time.perf_counter() - started
+            with open_store(slide, folder=Path(folder) / "labels") as store:
+                started = time.perf_counter()
+                steps = list(refine_batch(slide, items, grouped, store=store))
+                t_grouped = time.perf_counter() - started
         single = fresh()
         started = time.perf_counter()
         for item in items:
-            segment_prompt(slide, item.prompt, single, model=args.model, snap=False)
+            segment_prompt(slide, item.prompt, single, snap=False)
         t_single = time.perf_counter() - started
     n = len(items)
     ok = sum(s.object_id is not None for s in steps)

@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from napari_wsi_sam._triton import keep_triton_out_without_a_gpu
+import napari_wsi_sam.ui  # noqa: F401  (this process runs napari: keeps triton out)
 from napari_wsi_sam.assets import fetch
-
-keep_triton_out_without_a_gpu()  # this process runs napari (see napari_wsi_sam._triton)
 
 
 @pytest.fixture(scope="session")

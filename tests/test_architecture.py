@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +27,80 @@ RULES = [
     ("napari_wsi_sam.cli", ["torch", "napari", "qtpy"]),
     ("napari_wsi_sam.scale", ["numpy", "torch"]),
     ("napari_wsi_sam.windows", ["torch"]),
+    ("napari_wsi_sam.session", ["napari", "qtpy", "magicgui"]),
+    ("napari_wsi_sam.annotations.object_store", ["torch", "napari", "qtpy"]),
 ]
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "napari_wsi_sam"
+UI_ONLY = ("napari", "qtpy", "magicgui", "vispy", "superqt")
+
+
+def module_imports() -> dict[str, set[str]]:
+    """Module -> the package modules it imports anywhere: at import time, inside functions
+    and for type checking alike (a cycle hidden in a function is still a cycle)."""
+    graph: dict[str, set[str]] = {}
+    modules = {_module_name(p) for p in PACKAGE.rglob("*.py")}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = name if parts[-1] == "__init__" else name.rpartition(".")[0]
+        found = set()
+        for node in [ast.parse(path.read_text())]:
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.ImportFrom):
+                    base = sub.module or ""
+                    if sub.level:
+                        anchor = package.split(".")
+                        anchor = anchor[:len(anchor) - sub.level + 1]
+                        base = ".".join([*anchor, base] if base else anchor)
+                    if base.startswith("napari_wsi_sam"):
+                        # "from . import sources" imports a module, not the package's names
+                        subs = {f"{base}.{a.name}" for a in sub.names} & modules
+                        found |= subs or {base}
+                elif isinstance(sub, ast.Import):
+                    found.update(a.name for a in sub.names if a.name.startswith("napari_wsi_sam"))
+        graph[name] = found
+    return {k: {m for m in v if m in graph and m != k} for k, v in graph.items()}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_import_cycles():
+    graph = module_imports()
+    cycles = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        if node in stack:
+            cycle = stack[stack.index(node):]
+            # a package importing its own submodules is not a cycle between modules
+            if not all(m.startswith(cycle[0]) or cycle[0].startswith(m) for m in cycle):
+                cycles.append(" -> ".join([*cycle, node]))
+            return
+        if node in done:
+            return
+        for target in sorted(graph[node]):
+            visit(target, [*stack, node])
+        done.add(node)
+
+    done: set[str] = set()
+    for module in sorted(graph):
+        visit(module, [])
+    assert cycles == []
+
+
+def test_only_the_ui_and_view_import_napari_or_qt():
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel.startswith("ui/") or rel == "cli/view.py":
+            continue
+        tree = ast.parse(path.read_text())
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+                 for a in n.names}
+        names |= {(n.module or "").split(".")[0] for n in ast.walk(tree)
+                  if isinstance(n, ast.ImportFrom) and not n.level}
+        assert not names & set(UI_ONLY), f"{rel} imports {names & set(UI_ONLY)}"
 
 
 def test_importing_the_model_leaves_triton_alone():

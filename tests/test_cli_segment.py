@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from napari_wsi_sam.annotations import LabelStore
+from napari_wsi_sam.annotations import ObjectStore
 from napari_wsi_sam.cli import main
 from napari_wsi_sam.cli.demo import SAMPLE_BOX
 
@@ -37,10 +37,18 @@ def test_segment_one_box_with_points(sample_slide, tmp_path, capsys):
     props = features[0]["properties"]
     assert props["classification"] == {"name": "follicle", "color": [0, 200, 0]}
     assert props["measurements"]["Area µm^2"] > 1000
-    store = LabelStore.open(labels)
-    (record,) = store.objects.values()
-    assert record.prompt["labels"] == [1, 0]
+    with ObjectStore.open(labels / "objects.sqlite") as store:
+        (record,) = store.iter_live()
+        assert record.prompt["labels"] == [1, 0] and record.model == "sam"
+        assert store.classes()["follicle"] == "#00c800"
     assert "1 objects written" in capsys.readouterr().out
+    # The same command again finds its object done: nothing is added.
+    assert main(["segment", str(sample_slide), "--box", *BOX, "--point", "1265", "2080",
+                 "--negative-point", "1250", "2150", "--class", "follicle", "--device", "cpu",
+                 "--labels", str(labels), "--out", str(out)]) == 0
+    assert "already done" in capsys.readouterr().err
+    with ObjectStore.open(labels / "objects.sqlite") as store:
+        assert store.count() == 1
 
 
 def test_segment_prompts_file_refines_every_polygon(sample_slide, tmp_path, capsys):
@@ -67,7 +75,8 @@ def test_segment_prompts_file_refines_every_polygon(sample_slide, tmp_path, caps
     args[3:7] = ["1595", "2665", "1685", "2840"]  # another papilla
     assert main([*args, "--out", str(again), "--all"]) == 0
     assert len(json.loads(again.read_text())["features"]) == 4
-    assert len(LabelStore.open(labels).objects) == 4
+    with ObjectStore.open(labels / "objects.sqlite") as store:
+        assert store.count() == 4
 
 
 @pytest.mark.parametrize("case", ["missing slide", "off-slide box", "empty prompts",

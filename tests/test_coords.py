@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from napari_wsi_sam._coords import (
+from napari_wsi_sam.ui.coords import (
     box_from_world_corners,
     box_to_world_corners,
     slide_to_world,

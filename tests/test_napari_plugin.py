@@ -9,10 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from napari_wsi_sam._coords import box_to_world_corners
-from napari_wsi_sam._layers import META_KEY
-from napari_wsi_sam._reader import napari_get_reader
-from napari_wsi_sam._widget import FIELDS_LAYER, PROMPTS_LAYER, WsiSamWidget
+from napari_wsi_sam.ui.coords import box_to_world_corners
+from napari_wsi_sam.ui.layers import FIELDS_LAYER, PROMPTS_LAYER
+from napari_wsi_sam.ui.reader import napari_get_reader
+from napari_wsi_sam.ui.slide_layer import META_KEY
+from napari_wsi_sam.ui.widget import WsiSamWidget
 
 DEMO_BOX = np.array([1185.0, 1980.0, 1345.0, 2185.0])  # a hair follicle in the CMU slide
 
@@ -63,7 +64,7 @@ def test_corrupt_slide_is_one_line_error(make_napari_viewer, asset_path):
 
 @pytest.fixture
 def slide_copy(sample_slide, tmp_path):
-    """The sample slide copied to a fresh folder: its label store lands beside it."""
+    """The sample slide copied to a fresh folder: its object store lands beside it."""
     copy = tmp_path / sample_slide.name
     shutil.copy(sample_slide, copy)
     return copy
@@ -75,7 +76,7 @@ def viewer_with_widget(make_napari_viewer, slide_copy):
     viewer.open(str(slide_copy), plugin="napari-wsi-sam")
     _, widget = viewer.window.add_plugin_dock_widget("napari-wsi-sam", "WSI-SAM")
     assert isinstance(widget, WsiSamWidget)
-    widget._live.value = False  # tests add shapes by code, then act explicitly
+    widget.live.value = False  # tests add shapes by code, then act explicitly
     return viewer, widget
 
 
@@ -85,7 +86,7 @@ def test_widget_outlines_concentric_fields_around_a_drawn_box(viewer_with_widget
     prompts = viewer.layers[PROMPTS_LAYER]
     corners = box_to_world_corners(DEMO_BOX, scale=slide_layer.scale)
     prompts.add_rectangles([corners / prompts.scale])  # the layer's data coordinates
-    np.testing.assert_allclose(widget.current_box(), DEMO_BOX, atol=1e-6)
+    np.testing.assert_allclose(widget.annotator.last_box, DEMO_BOX, atol=1e-6)
 
     widget.show_crop_fields()
     qtbot.waitUntil(lambda: FIELDS_LAYER in viewer.layers, timeout=30_000)
@@ -97,13 +98,13 @@ def test_widget_outlines_concentric_fields_around_a_drawn_box(viewer_with_widget
         np.testing.assert_allclose(field.mean(axis=0), centre_world, atol=0.01)
         np.testing.assert_allclose(np.ptp(field, axis=0), [width_um, width_um], rtol=1e-6)
     assert widget.last_crops.hr.image.shape == (1024, 1024, 3)
-    assert "HR 1.00" in widget._status.value
+    assert "HR 1.00" in widget.status
 
 
 def test_widget_reports_empty_prompts_layer_without_raising(viewer_with_widget):
-    _, widget = viewer_with_widget
+    viewer, widget = viewer_with_widget
     widget.show_crop_fields()
-    assert FIELDS_LAYER not in widget._viewer.layers
+    assert FIELDS_LAYER not in viewer.layers and "no box yet" in widget.status
 
 
 def test_screenshot_shows_the_slide(viewer_with_widget):
@@ -133,19 +134,19 @@ def test_slide_without_pixel_size_asks_for_one(make_napari_viewer, qtbot, asset_
     shutil.copy(asset_path("boxes.tiff"), boxes)
     viewer.open(str(boxes), plugin="napari-wsi-sam")  # no mpp in the file
     _, widget = viewer.window.add_plugin_dock_widget("napari-wsi-sam", "WSI-SAM")
-    widget._live.value = False
-    assert "no pixel size" in widget._slide_info.value
-    assert widget._mpp.enabled
+    widget.live.value = False
+    assert "no pixel size" in widget.slide_info.value
+    assert widget.mpp.enabled
     slide_layer = viewer.layers[0]
     prompts = viewer.layers[PROMPTS_LAYER]
     corners = box_to_world_corners(np.array([100.0, 100.0, 300.0, 250.0]), scale=slide_layer.scale)
     prompts.add_rectangles([corners / prompts.scale])
 
     widget.show_crop_fields()
-    qtbot.waitUntil(lambda: "pixel size" in widget._status.value, timeout=30_000)
+    qtbot.waitUntil(lambda: "pixel size" in widget.status, timeout=30_000)
     assert FIELDS_LAYER not in viewer.layers
 
-    widget._mpp.value = 0.25
+    widget.mpp.value = 0.25
     widget.show_crop_fields()
     qtbot.waitUntil(lambda: FIELDS_LAYER in viewer.layers, timeout=30_000)
     assert widget.last_crops.hr.image.shape == (1024, 1024, 3)

@@ -1,5 +1,8 @@
 """Annotating the real CMU slide in a real napari viewer (Xvfb) with the real MobileSAM weights:
-draw, refine, batch, undo, export, import, reopen."""
+draw, select, refine, re-class, delete, undo, batch, import, export, two viewers, reopen.
+
+The tests act as a user does, on the layers (drawing rectangles, clicking) and the dock's
+controls, and check the layers and the session's store."""
 
 from __future__ import annotations
 
@@ -9,23 +12,24 @@ import numpy as np
 import pytest
 from shapely.geometry import box as shapely_box
 
-from napari_wsi_sam._annotation_layers import IMPORTED_LAYER, LABELS_LAYER, POINTS_LAYER
-from napari_wsi_sam._coords import box_to_world_corners, slide_to_world
-from napari_wsi_sam._widget import PROMPTS_LAYER, WsiSamWidget
-from napari_wsi_sam._widget_io import batch_refine, export_geojson, import_geojson
-from napari_wsi_sam.annotations import (
-    AnnotationObject,
-    LabelStore,
-    geometry_to_mask,
-    read_geojson,
-    write_geojson,
-)
+from napari_wsi_sam.annotations import AnnotationObject, ObjectStore, read_geojson, write_geojson
 from napari_wsi_sam.model import registry
+from napari_wsi_sam.model.build import build_predictor
 from napari_wsi_sam.model.head_checkpoint import save_head
 from napari_wsi_sam.model.wsi_sam import WsiSamHead
 from napari_wsi_sam.pipeline import CropPairCache, segment_prompt
 from napari_wsi_sam.prompts import Prompt
 from napari_wsi_sam.slide import open_slide
+from napari_wsi_sam.ui.coords import box_to_world_corners
+from napari_wsi_sam.ui.layers import (
+    FAILED_COLOR,
+    HIGHLIGHT,
+    POINTS_LAYER,
+    PROMPTS_LAYER,
+    class_layer_name,
+    class_layers,
+)
+from napari_wsi_sam.ui.widget import CLASS_OBJECTS, WsiSamWidget
 
 FOLLICLE = np.array([1185.0, 1980.0, 1345.0, 2185.0])
 # Five small structures of the CMU slide (level-0 XYXY), near each other.
@@ -45,172 +49,294 @@ def open_annotator(make_napari_viewer, path):
     viewer.open(str(path), plugin="napari-wsi-sam")
     _, widget = viewer.window.add_plugin_dock_widget("napari-wsi-sam", "WSI-SAM")
     assert isinstance(widget, WsiSamWidget)
-    widget._device.value = "cpu"
+    widget.device.value = "cpu"
     return viewer, widget
 
 
 def draw_box(viewer, box):
     slide_layer = viewer.layers[0]
     prompts = viewer.layers[PROMPTS_LAYER]
-    prompts.add_rectangles([box_to_world_corners(np.asarray(box), scale=slide_layer.scale)
+    prompts.add_rectangles([box_to_world_corners(np.asarray(box, float), scale=slide_layer.scale)
                             / prompts.scale])
 
 
-def wait_idle(widget, qtbot, timeout=120_000):
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=timeout)
-
-
-def test_draw_refine_undo_export_import_reopen(make_napari_viewer, qtbot, slide_copy, tmp_path,
-                                               monkeypatch):
-    viewer, widget = open_annotator(make_napari_viewer, slide_copy)
-    assert widget.store.folder == slide_copy.with_name("cmu_small_region.wsi-sam")
-    assert LABELS_LAYER in viewer.layers
-
-    # Drawing a rectangle segments it ("segment as I draw" is on by default).
-    draw_box(viewer, FOLLICLE)
-    qtbot.waitUntil(lambda: widget.last_result is not None, timeout=120_000)
-    wait_idle(widget, qtbot)
-    first = widget.last_result.object_id
-    mask, window = widget.store.object_mask(first)
-    x0, y0, x1, y1 = window
-    assert FOLLICLE[0] - 2 <= x0 < x1 <= FOLLICLE[2] + 2
-    assert FOLLICLE[1] - 2 <= y0 < y1 <= FOLLICLE[3] + 2
-    # ... and equals the pipeline's own output for the same prompt, with the default model
-    # at the widget's default 10x (the measured rule, docs/results.md: SAM there).
-    default, _ = registry.default_choice(1.0)
-    assert widget.hr_mpp() == 1.0 and widget.model_choice().spec == default.spec == "sam"
-    with open_slide(slide_copy) as slide:
-        predictor = registry.build_predictor(default, device="cpu")
-        own = segment_prompt(slide, Prompt(box=FOLLICLE), predictor,
-                             crop_cache=CropPairCache())
-    assert own.window == window
-    np.testing.assert_array_equal(own.mask, mask)
-    labels = viewer.layers[LABELS_LAYER]
-    assert first in set(labels.features["index"])
-    assert np.asarray(labels.data[0][y0:y1, x0:x1])[mask].min() == first
-
-    # A negative point (Shift+click) inside the object re-segments it: a new id, a new mask.
-    points = viewer.layers[POINTS_LAYER]
-    centre = slide_to_world(np.array([[(x0 + x1) / 2, (y0 + y1) / 2]]), scale=(1.0, 1.0))
+def click(viewer, monkeypatch, xy, *modifiers):
+    """A click in the prompts layer at level-0 (x, y): what napari's rectangle tool leaves is
+    a rectangle one screen pixel wide; the keyboard modifiers are held meanwhile."""
     from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QApplication
 
-    with monkeypatch.context() as patch:  # Shift held while the point is added
-        patch.setattr(QApplication, "keyboardModifiers",
-                      staticmethod(lambda: Qt.KeyboardModifier.ShiftModifier))
-        points.add(centre)
-    assert not points.features["positive"].iloc[0]
-    qtbot.waitUntil(lambda: widget.last_result.object_id != first, timeout=120_000)
+    flags = Qt.KeyboardModifier.NoModifier
+    for name in modifiers:
+        flags |= getattr(Qt.KeyboardModifier, f"{name}Modifier")
+    slide_layer = viewer.layers[0]
+    side_world = 1.0 / float(viewer.scene.camera.zoom)  # one screen pixel
+    side_px = side_world / slide_layer.scale[-1]
+    x, y = xy
+    with monkeypatch.context() as patch:
+        patch.setattr(QApplication, "keyboardModifiers", staticmethod(lambda: flags))
+        draw_box(viewer, (x, y, x + side_px, y + side_px))
+
+
+def wait_idle(widget, qtbot, timeout=180_000):
+    qtbot.waitUntil(lambda: not widget.annotator.busy, timeout=timeout)
+
+
+def level0(layer, window):
+    x0, y0, x1, y1 = window
+    return np.asarray(layer.data[0][y0:y1, x0:x1])
+
+
+def test_draw_select_refine_reclass_delete_undo_reopen(make_napari_viewer, qtbot, slide_copy,
+                                                       monkeypatch):
+    viewer, widget = open_annotator(make_napari_viewer, slide_copy)
+    session = widget.session
+    assert session.store.folder == slide_copy.with_name("cmu_small_region.wsi-sam")
+    assert widget.status_line.native.wordWrap()  # long messages wrap; the dock stays narrow
+
+    # Drawing a rectangle segments it ("segment as I draw" is on by default).
+    draw_box(viewer, FOLLICLE)
     wait_idle(widget, qtbot)
-    refined = widget.last_result.object_id
-    assert widget.last_result.replaced == first
-    assert set(widget.store.objects) == {refined}
-    refined_mask, refined_window = widget.store.object_mask(refined)
-    assert refined_mask.sum() != mask.sum() or refined_window != window
+    (first,) = session.store.ids()
+    obj = session.store.get(first)
+    x0, y0, x1, y1 = obj.bounds
+    assert FOLLICLE[0] - 2 <= x0 < x1 <= FOLLICLE[2] + 2
+    assert FOLLICLE[1] - 2 <= y0 < y1 <= FOLLICLE[3] + 2
+    # ... the default model at the default 10x (the measured rule: SAM there), and exactly
+    # the pipeline's own mask for the same prompt.
+    default, _ = registry.default_choice(1.0)
+    assert widget.models.choice().spec == default.spec == obj.model == "sam"
+    with open_slide(slide_copy) as slide:
+        own = segment_prompt(slide, Prompt(box=FOLLICLE), build_predictor(
+            default, device="cpu"), crop_cache=CropPairCache())
+    assert own.window == obj.bounds
+    layer = viewer.layers[class_layer_name("other")]
+    assert np.array_equal(level0(layer, obj.bounds) == first, own.mask)
+    assert layer.contour > 0  # outlines: touching objects stay apart
+    # The new object is selected and drawn highlighted.
+    assert session.selected == first
+    assert list(layer.colormap.color_dict[first]) == pytest.approx(HIGHLIGHT)
 
-    # Undo removes it from every level.
+    # Alt+click inside it: a negative point, the same object gets a second version.
+    centre = ((x0 + x1) / 2, (y0 + y1) / 2 + 0.3 * (y1 - y0))
+    click(viewer, monkeypatch, centre, "Alt")
+    wait_idle(widget, qtbot)
+    assert session.store.ids() == [first] and session.store.get(first).version == 2
+    assert session.store.get(first).prompt["labels"] == [0]
+    points = viewer.layers[POINTS_LAYER]
+    assert len(points.data) == 1 and not points.features["positive"].iloc[0]
+    assert len(viewer.layers[PROMPTS_LAYER].data) == 1  # the click left no rectangle
+    # Undo goes back to the first mask, not away with the object.
     widget.undo()
-    assert widget.store.objects == {}
-    assert not np.asarray(labels.data[-1]).any()
+    wait_idle(widget, qtbot)
+    assert session.store.get(first).version == 1 and len(points.data) == 0
+    assert np.array_equal(level0(layer, obj.bounds) == first, own.mask)
 
-    # Batch refine 5 shapes from an imported QuPath file; export; compare.
-    qupath = tmp_path / "coarse.geojson"
+    # Click on empty slide: nothing selected; click the object: selected again.
+    click(viewer, monkeypatch, (100.0, 100.0))
+    assert session.selected is None and "Nothing selected" in widget.status
+    click(viewer, monkeypatch, obj.geometry.representative_point().coords[0])
+    assert session.selected == first and f"Selected object {first}" in widget.status
 
-    write_geojson([AnnotationObject(id=i + 1, geometry=shapely_box(*b), class_name="DCIS",
-                                    color=(152, 78, 163)) for i, b in enumerate(STRUCTURES)],
-                  qupath)
-    layer = import_geojson(widget, qupath)
-    assert layer.name == IMPORTED_LAYER  # the widget holds napari's plugin proxies
-    assert len(layer.data) == 5, [np.asarray(d).shape for d in layer.data]
-    batch_refine(widget, layer)
-    wait_idle(widget, qtbot, timeout=300_000)
-    assert len(widget.store.objects) == 5
-    assert {o.class_name for o in widget.store.objects.values()} == {"DCIS"}
-
-    exported = export_geojson(widget, tmp_path / "objects.geojson")
-    result = read_geojson(exported)
-    assert len(result.objects) == 5
-    for obj in result.objects:
-        stored, win = widget.store.object_mask(obj.id)
-        again, _ = geometry_to_mask(obj.geometry, win)
-        assert (stored & again).sum() / (stored | again).sum() >= 0.99
+    # Re-class the selected object: it moves to the tumour layer.
+    widget.class_name.value = "tumour"
+    widget.set_class_of_selected()
+    wait_idle(widget, qtbot)
+    tumour = viewer.layers[class_layer_name("tumour")]
+    assert (level0(tumour, obj.bounds) == first).any()
+    assert not (level0(layer, obj.bounds) == first).any()
+    # Delete it, and bring it back.
+    widget.delete_selected()
+    wait_idle(widget, qtbot)
+    assert session.store.count() == 0 and not (level0(tumour, obj.bounds) == first).any()
+    widget.undo()
+    wait_idle(widget, qtbot)
+    assert session.store.ids() == [first] and session.store.get(first).class_name == "tumour"
 
     # Reopening the slide restores every object and its class.
     viewer.close()
-    reopened = LabelStore.for_slide(open_slide(slide_copy))
-    assert set(reopened.objects) == set(widget.store.objects)
-    _, widget2 = open_annotator(make_napari_viewer, slide_copy)
-    assert "5 objects restored" in widget2._status.value
+    _, again = open_annotator(make_napari_viewer, slide_copy)
+    assert "1 objects restored" in again.status
+    assert again.session.store.get(first).class_name == "tumour"
+    assert class_layer_name("tumour") in again._viewer.layers
 
 
-def test_save_labels_layer_as_geojson_through_napari(make_napari_viewer, qtbot, slide_copy,
-                                                    tmp_path):
+def test_prompts_drawn_while_busy_are_queued_and_failures_marked(make_napari_viewer, qtbot,
+                                                                 slide_copy):
     viewer, widget = open_annotator(make_napari_viewer, slide_copy)
-    widget._live.value = False
+    width, _ = widget.session.slide.dimensions
+    for box in (STRUCTURES[1], (width + 100.0, 10.0, width + 300.0, 200.0), STRUCTURES[2]):
+        draw_box(viewer, box)  # no waiting: the model is busy with the first
+    wait_idle(widget, qtbot)
+    assert widget.session.store.count() == 2  # none dropped; the off-slide one failed
+    prompts = viewer.layers[PROMPTS_LAYER]
+    colors = np.asarray(prompts.edge_color)
+    from napari_wsi_sam.annotations.colors import as_rgba
+
+    failed = [i for i, c in enumerate(colors) if np.allclose(c, as_rgba(FAILED_COLOR))]
+    assert failed == [1]
+
+
+def test_a_box_refines_the_selected_object_when_asked(make_napari_viewer, qtbot, slide_copy):
+    viewer, widget = open_annotator(make_napari_viewer, slide_copy)
     draw_box(viewer, FOLLICLE)
-    widget.segment_box()
     wait_idle(widget, qtbot)
-    target = tmp_path / "saved.geojson"
-    viewer.layers[LABELS_LAYER].save(str(target), plugin="napari-wsi-sam")
-    objects = read_geojson(target).objects
-    assert [o.id for o in objects] == list(widget.store.objects)
-    assert objects[0].class_name == "other"
+    (first,) = widget.session.store.ids()
+    widget.boxes.value = "refines the selected object"
+    draw_box(viewer, (1190.0, 1990.0, 1340.0, 2100.0))
+    wait_idle(widget, qtbot)
+    assert widget.session.store.ids() == [first]
+    assert widget.session.store.get(first).version == 2
 
 
-def test_errors_are_one_line_and_nothing_is_lost(make_napari_viewer, qtbot, slide_copy):
+# Five small structures in two crop groups (tests/test_batch.py): the follicle, a hole in the
+# keratin above it, a small vessel, and two dermal papillae further down.
+TWO_GROUPS = [FOLLICLE, (1165, 1605, 1295, 1690), (1000, 2475, 1065, 2565),
+              (1690, 2535, 1790, 2650), (1595, 2665, 1685, 2840)]
+
+
+def test_batch_refine_then_cancel_keeps_what_was_done(make_napari_viewer, qtbot, slide_copy):
     viewer, widget = open_annotator(make_napari_viewer, slide_copy)
-    widget._live.value = False
-    widget.segment_box()  # empty prompts layer
-    assert "empty" in widget._status.value
-    width, _ = viewer.layers[0].metadata["napari_wsi_sam"]["dimensions"]
-    draw_box(viewer, (width + 100.0, 10.0, width + 300.0, 200.0))
-    widget.segment_box()
-    wait_idle(widget, qtbot)
-    assert "outside" in widget._status.value and "\n" not in widget._status.value
-    assert widget.store.objects == {}
-
-
-def test_cancel_keeps_the_objects_already_done(make_napari_viewer, qtbot, slide_copy, tmp_path):
-    _, widget = open_annotator(make_napari_viewer, slide_copy)
-    coarse = tmp_path / "coarse.geojson"
-    write_geojson([AnnotationObject(id=i + 1, geometry=shapely_box(*b), class_name="stroma")
-                   for i, b in enumerate(STRUCTURES)], coarse)
-    layer = import_geojson(widget, coarse)
-    worker = batch_refine(widget, layer)
-    assert widget._cancel.enabled
-    with qtbot.waitSignal(worker.yielded, timeout=120_000):
-        pass
+    scale = viewer.layers[0].scale
+    layer = viewer.add_shapes([box_to_world_corners(np.asarray(b, float), scale=scale) / scale
+                               for b in TWO_GROUPS], shape_type="rectangle", scale=scale,
+                              name="coarse")
+    widget.batch_source.value = layer
+    widget.batch_refine()
+    assert not widget.progress.native.isHidden()  # the bar shows in the dock
+    # Cancel once the first group is stored, while the second group's crops are encoded.
+    qtbot.waitUntil(lambda: widget.session.store.count() >= 1, timeout=180_000)
     widget.cancel()
     wait_idle(widget, qtbot)
-    done = len(widget.store.objects)
-    assert 1 <= done < len(STRUCTURES)
-    assert set(LabelStore.open(widget.store.folder).objects) == set(widget.store.objects)
-    assert not widget._cancel.enabled
+    done = widget.session.store.count()
+    assert 1 <= done < len(TWO_GROUPS)
+    with ObjectStore.open(widget.session.store.path) as reopened:
+        assert reopened.count() == done
+    widget.batch_refine(layer)  # again: what was done is skipped, the rest is done
+    wait_idle(widget, qtbot)
+    assert widget.session.store.count() == len(TWO_GROUPS)
+    assert widget.progress.native.isHidden()
+
+
+def test_import_keeps_holes_and_objects_refine_in_place(make_napari_viewer, qtbot, slide_copy,
+                                                        tmp_path):
+    viewer, widget = open_annotator(make_napari_viewer, slide_copy)
+    ring = shapely_box(1100, 1900, 1430, 2250).difference(shapely_box(1200, 2000, 1300, 2100))
+    path = tmp_path / "qupath.geojson"
+    write_geojson([AnnotationObject(id=1, geometry=ring, class_name="DCIS",
+                                    color=(152, 78, 163)),
+                   AnnotationObject(id=2, geometry=shapely_box(*STRUCTURES[3]),
+                                    class_name="DCIS")], path)
+    widget.import_geojson(path)
+    wait_idle(widget, qtbot)
+    store = widget.session.store
+    assert store.count() == 2 and store.get(1).geometry.equals(ring)
+    assert class_layer_name("DCIS") in viewer.layers
+    assert widget.session.classes.color("DCIS") == "#984ea3"
+    widget.class_name.value = "DCIS"
+    widget.batch_refine(CLASS_OBJECTS)
+    wait_idle(widget, qtbot)
+    assert store.count() == 2 and {store.get(i).version for i in (1, 2)} == {2}
+    # Export: every object, the way QuPath reads it.
+    out = widget.export_geojson(tmp_path / "out.geojson")
+    assert {o.class_name for o in read_geojson(out).objects} == {"DCIS"}
+    assert len(read_geojson(out).objects) == 2
+
+
+def test_two_viewers_on_one_slide_see_each_others_objects(make_napari_viewer, qtbot,
+                                                          slide_copy):
+    viewer_a, widget_a = open_annotator(make_napari_viewer, slide_copy)
+    viewer_b, widget_b = open_annotator(make_napari_viewer, slide_copy)
+    draw_box(viewer_b, FOLLICLE)
+    wait_idle(widget_b, qtbot)
+    (made,) = widget_b.session.store.ids()
+    qtbot.waitUntil(lambda: class_layer_name("other") in viewer_a.layers, timeout=30_000)
+    wait_idle(widget_a, qtbot)
+    bounds = widget_a.session.store.get(made).bounds
+    assert (level0(viewer_a.layers[class_layer_name("other")], bounds) == made).any()
+    # A's undo does not touch B's object.
+    widget_a.undo()
+    wait_idle(widget_a, qtbot)
+    assert "nothing to undo" in widget_a.status and widget_b.session.store.count() == 1
+
+
+def test_a_slide_opened_later_goes_below_the_annotations(make_napari_viewer, qtbot,
+                                                         slide_copy, asset_path):
+    viewer, _ = open_annotator(make_napari_viewer, slide_copy)
+    viewer.open(str(asset_path("small.svs")), plugin="napari-wsi-sam")
+    names = [layer.name for layer in viewer.layers]
+    assert names.index("small.svs") < names.index(PROMPTS_LAYER)
+
+
+def test_save_a_class_layer_as_geojson_through_napari(make_napari_viewer, qtbot, slide_copy,
+                                                      tmp_path):
+    viewer, widget = open_annotator(make_napari_viewer, slide_copy)
+    widget.live.value = False
+    draw_box(viewer, FOLLICLE)
+    widget.segment()
+    wait_idle(widget, qtbot)
+    widget.session.store.add(shapely_box(10, 10, 50, 50), class_name="stroma")
+    target = tmp_path / "saved.geojson"
+    viewer.layers[class_layer_name("other")].save(str(target), plugin="napari-wsi-sam")
+    objects = read_geojson(target).objects
+    assert [o.id for o in objects] == widget.session.store.ids(classes=["other"])
+    assert objects[0].class_name == "other"
 
 
 def test_chosen_labels_folder_and_classes_come_back(make_napari_viewer, qtbot, slide_copy,
                                                     tmp_path):
     viewer, widget = open_annotator(make_napari_viewer, slide_copy)
-    widget._live.value = False
     folder = tmp_path / "my-labels"
-    widget._labels_folder.value = str(folder)
-    assert widget.store.folder == folder
-    widget._new_class.value = "follicle"  # a class of the user's own, in a colour of theirs
-    widget._class_color.value = "#00C800"
+    folder.mkdir()
+    widget.labels_folder.value = str(folder)
+    assert widget.session.store.folder == folder
+    widget.new_class.value = "follicle"  # a class of the user's own, in a colour of theirs
+    widget.class_color.value = "#00C800"
     draw_box(viewer, FOLLICLE)
-    widget.segment_box()
     wait_idle(widget, qtbot)
-    (record,) = LabelStore.open(folder).objects.values()
-    assert (record.class_name, record.color) == ("follicle", "#00c800")
+    with ObjectStore.open(folder / "objects.sqlite") as store:
+        (record,) = store.iter_live()
+        assert record.class_name == "follicle" and store.classes()["follicle"] == "#00c800"
     viewer.close()
 
     _, again = open_annotator(make_napari_viewer, slide_copy)
-    again._labels_folder.value = str(folder)
-    assert again.classes["follicle"] == "#00c800" and len(again.store.objects) == 1
+    again.labels_folder.value = str(folder)
+    assert again.session.classes.color("follicle") == "#00c800"
+    assert again.session.store.count() == 1
+    assert "follicle" in class_layers(again._viewer)
+
+
+def test_the_scale_follows_the_head(make_napari_viewer, slide_copy, tmp_path):
+    _, widget = open_annotator(make_napari_viewer, slide_copy)
+    models = widget.models
+    assert models.labels() == [c.label for c in registry.choices()]
+    assert "wsi-sam · nuclei · 40x" in models.labels()
+    # Until a model is picked, the model follows the measured default of the magnification.
+    widget.magnification.value = 0.25
+    assert models.choice().label == "wsi-sam · nuclei · 40x"
+    assert "hgsc_stromal" in widget.model.tooltip
+    widget.magnification.value = 1.0
+    assert models.choice().spec == "sam" and "10x" in widget.model.tooltip
+    assert widget.session.choice.spec == "sam" and widget.session.hr_mpp == 1.0
+    # A head trained at 10x, given by path, joins the list and switches the widget to 10x.
+    widget.magnification.value = 0.25
+    path = save_head(WsiSamHead(), tmp_path / "tissue.pt", hr_mpp=1.0, structure="tissue")
+    widget.head_file.value = str(path)
+    assert models.choice().label == "wsi-sam · tissue · 10x" and models.hr_mpp() == 1.0
+    assert widget.session.choice.label == "wsi-sam · tissue · 10x"
+    # Going to 40x with that head warns in one line naming both scales; the user may go on.
+    widget.magnification.value = 0.25
+    assert "10x (1.0 µm/px)" in widget.status and "40x (0.25 µm/px)" in widget.status
+    assert "\n" not in widget.status and models.choice().label == "wsi-sam · tissue · 10x"
+    # Picking the shipped head sets its 40x; picking SAM leaves the scale alone.
+    widget.model.value = "wsi-sam:hgsc_nuclei"
+    assert models.hr_mpp() == 0.25
+    widget.model.value = "sam"
+    assert models.hr_mpp() == 0.25
 
 
 def test_ellipse_shapes_give_elliptic_mask_prompts(make_napari_viewer, slide_copy):
-    from napari_wsi_sam._widget_io import shapes_to_items
+    from napari_wsi_sam.ui.shapes import shapes_to_items
 
     viewer, _ = open_annotator(make_napari_viewer, slide_copy)
     slide_layer = viewer.layers[0]
@@ -221,32 +347,3 @@ def test_ellipse_shapes_give_elliptic_mask_prompts(make_napari_viewer, slide_cop
     (item,) = shapes_to_items(layer, slide_layer, with_masks=True)
     mask, _ = item.mask
     assert abs(mask.sum() - np.pi * 100 * 50) / (np.pi * 100 * 50) < 0.02
-
-
-def test_the_scale_follows_the_head(make_napari_viewer, slide_copy, tmp_path):
-    _, widget = open_annotator(make_napari_viewer, slide_copy)
-    labels = [label for label, _ in widget._model_choice_list()]
-    assert labels == [c.label for c in registry.choices()]
-    assert "wsi-sam · nuclei · 40x" in labels
-    # Until a model is picked, the model follows the measured default of the magnification.
-    widget._magnification.value = 0.25
-    assert widget.model_choice().label == "wsi-sam · nuclei · 40x"
-    assert "hgsc_stromal" in widget._model.tooltip
-    widget._magnification.value = 1.0
-    assert widget.model_choice().spec == "sam" and "10x" in widget._model.tooltip
-    # A head trained at 10x, given by path, joins the list and switches the widget to 10x.
-    widget._magnification.value = 0.25
-    path = save_head(WsiSamHead(), tmp_path / "tissue.pt", hr_mpp=1.0, structure="tissue")
-    widget._head_file.value = str(path)
-    assert widget.model_choice().label == "wsi-sam · tissue · 10x"
-    assert widget.hr_mpp() == 1.0
-    # Going to 40x with that head warns in one line naming both scales; the user may go on.
-    widget._magnification.value = 0.25
-    status = widget._status.value
-    assert "10x (1.0 µm/px)" in status and "40x (0.25 µm/px)" in status
-    assert "\n" not in status and widget.model_choice().label == "wsi-sam · tissue · 10x"
-    # Picking the shipped head sets its 40x; picking SAM leaves the scale alone.
-    widget._model.value = "wsi-sam:hgsc_nuclei"
-    assert widget.hr_mpp() == 0.25
-    widget._model.value = "sam"
-    assert widget.hr_mpp() == 0.25

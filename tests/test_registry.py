@@ -18,6 +18,7 @@ from napari_wsi_sam.errors import UsageError, WeightsError
 from napari_wsi_sam.evaluation.decision import decide
 from napari_wsi_sam.evaluation.runner import build_predictors, evaluate, parse_model
 from napari_wsi_sam.model import registry
+from napari_wsi_sam.model.build import build_predictor
 from napari_wsi_sam.model.decoder_checkpoint import save_sam_decoder
 from napari_wsi_sam.model.head_checkpoint import load_head, save_head
 from napari_wsi_sam.model.predictor import WsiSamPredictor, stability_score
@@ -123,7 +124,7 @@ def test_shipped_head_carries_its_scale_and_result():
                                                            "neoplastic"}
     assert s.heldout["dataset"] == "hgsc_stromal" and s.heldout["beats_baseline"]
     assert head.label == "wsi-sam · nuclei · 40x"
-    predictor = registry.build_predictor(registry.parse_choice("wsi-sam"), device="cpu")
+    predictor = build_predictor(registry.parse_choice("wsi-sam"), device="cpu")
     assert predictor.head_settings.hr_mpp == 0.25 and predictor.head_settings == s
     loaded = load_head(head.path)
     for key, value in loaded.head.state_dict().items():
@@ -188,7 +189,7 @@ def test_every_model_name_is_covered():
 def test_every_registered_model_and_head_runs_one_prompt(spec, sample_slide, model_files,
                                                          mobile):
     choice = registry.parse_choice(model_files.get(spec, spec))
-    predictor = registry.build_predictor(choice, device="cpu", parts={"mobile_sam": mobile})
+    predictor = build_predictor(choice, device="cpu", parts={"mobile_sam": mobile})
     follicle = Prompt.from_box((1185.0, 1980.0, 1345.0, 2185.0))
     with open_slide(sample_slide) as slide:
         obj = segment_prompt(slide, follicle, predictor, hr_mpp=1.0, crop_cache=CropPairCache())
@@ -199,7 +200,7 @@ def test_every_registered_model_and_head_runs_one_prompt(spec, sample_slide, mod
 
 def test_a_wsi_sam_score_is_its_own_stability(sample_slide, mobile):
     with open_slide(sample_slide) as slide:
-        predictor = registry.build_predictor(registry.parse_choice("wsi-sam"), device="cpu",
+        predictor = build_predictor(registry.parse_choice("wsi-sam"), device="cpu",
                                              parts={"mobile_sam": mobile})
         obj = segment_prompt(slide, Prompt.from_box((1185.0, 1980.0, 1345.0, 2185.0)),
                              predictor, hr_mpp=0.25)

@@ -35,8 +35,13 @@ class DeviceError(WsiSamError, ValueError):
     """The requested compute device does not exist on this machine."""
 
 
-class LabelStoreError(WsiSamError, ValueError):
-    """A label store cannot be opened or written: not a store, damaged, or a bad mask/window."""
+class StoreError(WsiSamError, ValueError):
+    """The object store cannot be opened or changed: damaged, read-only, full, locked, or asked
+    for an object it does not hold. Nothing in it was changed."""
+
+
+class LabelStoreError(StoreError):
+    """The legacy label store (release 0.1) cannot be read for migration."""
 
 
 class AnnotationError(WsiSamError, ValueError):

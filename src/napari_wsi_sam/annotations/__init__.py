@@ -1,6 +1,6 @@
-"""Annotations: masks <-> polygons in level-0 pixels, QuPath-compatible GeoJSON, readers of
-public training-data formats (ASAP XML, COCO, GeoParquet, instance masks), and the persistent
-slide-sized label pyramid. Never imports torch or napari.
+"""Annotations: the object store (SQLite, the truth), label pyramids drawn from it, masks <->
+polygons in level-0 pixels, QuPath-compatible GeoJSON, and readers of public training-data
+formats (ASAP XML, COCO, GeoParquet, instance masks). Never imports torch or napari.
 """
 
 from __future__ import annotations
@@ -17,15 +17,26 @@ from .geojson import (
 )
 from .geoparquet import read_geoparquet
 from .instance_masks import HISTOLYTICS_NUCLEI_CLASSES, instance_mask_objects, read_instance_masks
-from .labels import LabelObject, LabelStore, default_folder
-from .polygons import geometry_to_mask, labels_to_geometries, mask_to_geometry, polygonal
+from .object_store import Change, NewObject, ObjectStore, StoredObject
+from .polygons import (
+    geometry_to_mask,
+    labels_to_geometries,
+    mask_to_geometry,
+    polygonal,
+    rasterize,
+)
+from .rendering import ObjectRasters
+from .store_files import default_folder, open_store
 
 __all__ = [
     "HISTOLYTICS_NUCLEI_CLASSES",
     "AnnotationObject",
+    "Change",
     "ImportResult",
-    "LabelObject",
-    "LabelStore",
+    "NewObject",
+    "ObjectRasters",
+    "ObjectStore",
+    "StoredObject",
     "default_folder",
     "features_to_objects",
     "geometry_to_mask",
@@ -33,7 +44,9 @@ __all__ = [
     "labels_to_geometries",
     "mask_to_geometry",
     "objects_to_feature_collection",
+    "open_store",
     "polygonal",
+    "rasterize",
     "read_asap_xml",
     "read_coco",
     "read_geojson",

@@ -87,11 +87,9 @@ def geometry_to_mask(geometry: BaseGeometry,
     x0, y0, x1, y1 = (int(v) for v in window)
     if x1 < x0 or y1 < y0:
         raise AnnotationError(f"window {window} is inverted; give x0 <= x1 and y0 <= y1")
-    h, w = y1 - y0, x1 - x0
-    mask = np.zeros((h, w), dtype=bool)
-    for poly in _parts(geometry):
-        mask |= _fill(poly, x0, y0, w, h)
-    return mask, (x0, y0, x1, y1)
+    centres_x = x0 + np.arange(x1 - x0) + 0.5
+    centres_y = y0 + np.arange(y1 - y0) + 0.5
+    return rasterize(geometry, centres_x, centres_y), (x0, y0, x1, y1)
 
 
 def labels_to_geometries(labels: np.ndarray, *, origin: tuple[int, int] = (0, 0),
@@ -302,25 +300,40 @@ def _parts(geom: BaseGeometry) -> Iterator[Polygon]:
 
 
 # -- rasterising -----------------------------------------------------------------------------
-def _fill(poly: Polygon, x0: int, y0: int, w: int, h: int) -> np.ndarray:
-    """Pixels of the (w, h) window at (x0, y0) whose centres lie inside ``poly`` (even-odd)."""
+def rasterize(geometry: BaseGeometry, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Which sample points lie inside a Polygon / MultiPolygon (even-odd, holes empty).
+
+    xs, ys : (n,), (m,) strictly increasing sample coordinates in level-0 px (pixel centres
+        are ``i + 0.5``; a coarse level samples the level-0 pixel under each of its centres).
+    Returns (m, n) bool: ``out[j, i]`` is True when ``(xs[i], ys[j])`` is inside.
+    """
+    xs = np.asarray(xs, dtype=float)
+    ys = np.asarray(ys, dtype=float)
+    out = np.zeros((len(ys), len(xs)), dtype=bool)
+    for poly in _parts(geometry):
+        out |= _fill(poly, xs, ys)
+    return out
+
+
+def _fill(poly: Polygon, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Samples (xs, ys) whose point lies inside ``poly`` (even-odd over all its rings)."""
+    h, w = len(ys), len(xs)
     out = np.zeros((h, w), dtype=bool)
     segs = []
     for ring in (poly.exterior, *poly.interiors):
         xy = np.asarray(ring.coords, dtype=float)
         segs.append(np.hstack([xy[:-1], xy[1:]]))
-    s = np.vstack(segs) - np.array([x0, y0, x0, y0], dtype=float)
-    ax, ay, bx, by = s.T
+    ax, ay, bx, by = np.vstack(segs).T
     lo, hi = np.minimum(ay, by), np.maximum(ay, by)
-    # Row j is sampled at y = j + 0.5; an edge crosses it when lo <= j + 0.5 < hi.
-    j0 = np.maximum(np.ceil(lo - 0.5), 0).astype(np.int64)
-    j1 = np.minimum(np.ceil(hi - 0.5), h).astype(np.int64)
+    # Sample row j is crossed by an edge when lo <= ys[j] < hi.
+    j0 = np.searchsorted(ys, lo, side="left")
+    j1 = np.searchsorted(ys, hi, side="left")
     count = np.maximum(j1 - j0, 0)
     if count.sum() == 0 or w == 0:
         return out
-    idx = np.repeat(np.arange(len(s)), count)
+    idx = np.repeat(np.arange(len(ax)), count)
     row = np.repeat(j0, count) + (np.arange(idx.size) - np.repeat(np.cumsum(count) - count, count))
-    yc = row + 0.5
+    yc = ys[row]
     t = (yc - ay[idx]) / (by[idx] - ay[idx])
     xc = ax[idx] + t * (bx[idx] - ax[idx])
     order = np.lexsort((xc, row))
@@ -328,9 +341,9 @@ def _fill(poly: Polygon, x0: int, y0: int, w: int, h: int) -> np.ndarray:
     if row.size % 2:
         raise AnnotationError("internal error: odd number of ring crossings in a row")
     r, xa, xb = row[0::2], xc[0::2], xc[1::2]
-    # Pixel i is inside a span [xa, xb) when xa <= i + 0.5 < xb.
-    ia = np.clip(np.ceil(xa - 0.5), 0, w).astype(np.int64)
-    ib = np.clip(np.ceil(xb - 0.5), 0, w).astype(np.int64)
+    # Sample i is inside a span [xa, xb) when xa <= xs[i] < xb.
+    ia = np.searchsorted(xs, xa, side="left")
+    ib = np.searchsorted(xs, xb, side="left")
     diff = np.zeros((h, w + 1), dtype=np.int32)
     np.add.at(diff, (r, ia), 1)
     np.add.at(diff, (r, ib), -1)

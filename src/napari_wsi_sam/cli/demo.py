@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ..model.registry import SCORE_NAMES, build_predictor
+    from ..model.build import build_predictor
+    from ..model.registry import SCORE_NAMES
 
     if args.box is None and args.slide.name != SAMPLE_SLIDE:
         raise PromptError(f"{args.slide.name} is not the sample slide; give --box X0 Y0 X1 Y1")

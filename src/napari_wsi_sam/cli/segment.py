@@ -1,8 +1,10 @@
 """``napari-wsi-sam segment``: the widget's pipeline without Qt.
 
 One box (with optional points) becomes one object; or every polygon of a QuPath GeoJSON file
-is refined (batch refine). Objects go into the slide's label store and this run's objects are
-exported to GeoJSON (``--all``: every object of the store). Coordinates are level-0 pixels.
+is refined (batch refine; a single box is a batch of one). Objects go into the slide's object
+store and this run's objects are exported to GeoJSON (``--all``: every live object of the
+store). A rerun skips the prompts an earlier run finished (``--force`` redoes them as new
+versions). Coordinates are level-0 pixels.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ examples:
   napari-wsi-sam segment slide.svs --box 1185 1980 1345 2185 --negative-point 1300 2150 \\
       --class follicle --out follicle.geojson
   napari-wsi-sam segment slide.svs --prompts coarse.geojson --out refined.geojson
-objects are added to the label store (--labels, default <slide stem>.wsi-sam/ beside the
-slide); --out gets the objects of this run only, or every object of the store with --all.
+objects are added to the object store (--labels, default <slide stem>.wsi-sam/ beside the
+slide); --out gets the objects of this run only, or every live object of the store with
+--all. A rerun after a crash skips what was done (resume); --force redoes it.
 """
 
 
@@ -51,16 +54,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="µm/px of the slide, when it does not record one")
     parser.add_argument("--class", dest="class_name", default="object",
                         help="class of new objects (with --prompts: of unclassified features)")
-    parser.add_argument("--color", type=int, nargs=3, default=(255, 255, 0),
-                        metavar=("R", "G", "B"), help="colour of that class, 0..255")
+    parser.add_argument("--color", type=int, nargs=3, default=None, metavar=("R", "G", "B"),
+                        help="colour of that class, 0..255 (default: the class's stored "
+                             "colour, or the palette's)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     parser.add_argument("--labels", type=Path, default=None, metavar="DIR",
-                        help="label store folder (default: <slide stem>.wsi-sam/ beside the "
+                        help="object store folder (default: <slide stem>.wsi-sam/ beside the "
                              "slide; created when missing, else added to)")
     parser.add_argument("--out", type=Path, required=True, metavar="OUT.geojson",
                         help="GeoJSON file for the objects of this run")
     parser.add_argument("--all", action="store_true",
-                        help="export every object of the label store, not only this run's")
+                        help="export every live object of the store, not only this run's")
+    parser.add_argument("--force", action="store_true",
+                        help="redo prompts an earlier run already did (as new versions of "
+                             "their objects) instead of skipping them")
     parser.set_defaults(func=_segment)
 
 
@@ -90,66 +97,88 @@ def resolve_model(args: argparse.Namespace) -> tuple:
 
 
 def _segment(args: argparse.Namespace) -> int:
-    from ..annotations.labels import LabelStore
-    from ..model.registry import SCORE_NAMES, build_predictor
-    from ..pipeline import export_geojson, prompts_from_geojson, segment_prompt, store_segmented
+    from ..annotations.store_files import open_store
+    from ..model.build import build_predictor
+    from ..pipeline import BatchItem, export_geojson, items_from_geojson
     from ..slide import open_slide
 
     _check_args(args)
     choice, hr_mpp = resolve_model(args)
-    items = None
     if args.prompts is not None:
-        items, skipped = prompts_from_geojson(args.prompts)
+        items, skipped = items_from_geojson(args.prompts)
         if not items:
             raise PromptError(f"{args.prompts} holds no Polygon or MultiPolygon to refine "
                               f"({len(skipped)} features skipped)")
         for line in skipped:
             print(f"napari-wsi-sam: skipped {line}", file=sys.stderr)
+    else:
+        points = [*args.point, *args.negative_point]
+        labels = [1] * len(args.point) + [0] * len(args.negative_point)
+        items = [BatchItem(prompt=Prompt(box=np.asarray(args.box),
+                                         points=np.asarray(points).reshape(-1, 2),
+                                         labels=np.asarray(labels, dtype=np.int64)),
+                           source="--box")]
     with open_slide(args.slide, mpp=args.mpp) as slide:
         mpp = slide.require_mpp()
-        store = LabelStore.for_slide(slide, folder=args.labels)
-        predictor = build_predictor(choice, device=args.device)
-        color = tuple(args.color)
-        if items is None:
-            points = [*args.point, *args.negative_point]
-            labels = [1] * len(args.point) + [0] * len(args.negative_point)
-            prompt = Prompt(box=np.asarray(args.box), points=np.asarray(points).reshape(-1, 2),
-                            labels=np.asarray(labels, dtype=np.int64))
-            obj = segment_prompt(slide, prompt, predictor, hr_mpp=hr_mpp)
-            ids = [store_segmented(store, obj, class_name=args.class_name, color=color,
-                                   prompt=prompt)]
-            print(f"object {ids[0]}: {obj.area_um2(mpp):.0f} µm², {choice.label} at "
-                  f"{hr_mpp:g} µm/px, {SCORE_NAMES[obj.score_kind]} {obj.score:.2f}",
-                  file=sys.stderr)
-        else:
+        with open_store(slide, folder=args.labels) as store:
+            _class_colors(store, items, args)
+            predictor = build_predictor(choice, device=args.device)
             ids = _run_batch(slide, items, predictor, store=store, args=args, mpp=mpp,
-                             hr_mpp=hr_mpp)
-        written = export_geojson(store, args.out, mpp=mpp, ids=None if args.all else ids)
-    print(f"{written} objects written to {args.out} ({len(ids)} new; labels in {store.folder})")
+                             choice=choice, hr_mpp=hr_mpp)
+            written = export_geojson(store, args.out, mpp=mpp, ids=None if args.all else ids)
+            folder = store.folder
+    print(f"{written} objects written to {args.out} (objects in {folder})")
     return 0
 
 
+def _class_colors(store, items, args: argparse.Namespace) -> None:
+    """--color sets the class's colour; a class new to the store gets the default palette's."""
+    from ..session.classes import DEFAULT_CLASSES, EXTRA_COLORS
+
+    known = store.classes()
+    if args.color is not None:
+        store.set_class(args.class_name, tuple(args.color))
+        known[args.class_name] = args.color
+    for item in items:
+        name = item.class_name or args.class_name
+        if name not in known:
+            color = item.color or DEFAULT_CLASSES.get(name, EXTRA_COLORS[len(known) % 5])
+            store.set_class(name, color)
+            known[name] = color
+
+
 def _run_batch(slide, items, predictor, *, store, args: argparse.Namespace,
-               mpp: tuple[float, float], hr_mpp: float) -> list[int]:
-    """Refine `items`, one progress line per item on stderr; returns the new object ids.
-    Ctrl-C stops after the current object; the finished ones are kept and exported."""
-    from ..pipeline import refine_batch
+               mpp: tuple[float, float], choice, hr_mpp: float) -> list[int]:
+    """Refine `items` (a single --box is a batch of one), one line per item on stderr;
+    returns the ids of this run's objects. Items done by an earlier run are skipped (--force
+    redoes them as new versions). Ctrl-C stops after the current object; the finished ones
+    are kept and exported."""
+    from ..model.registry import SCORE_NAMES
+    from ..pipeline import Provenance, refine_batch
 
     ids: list[int] = []
-    errors = 0
+    errors = skipped = 0
     batch = refine_batch(slide, items, predictor, store=store, hr_mpp=hr_mpp,
-                         default_class=args.class_name,
-                         default_color=tuple(args.color), use_mask_prompts=args.mask_prompts)
+                         provenance=Provenance.of(choice, hr_mpp=hr_mpp),
+                         default_class=args.class_name, use_mask_prompts=args.mask_prompts,
+                         force=args.force)
     try:
         for step in batch:
             eta = "" if step.seconds_left is None else f", about {step.seconds_left:.0f} s left"
+            if step.object_id is None and args.prompts is None:  # the one --box
+                raise PromptError(str(step.reason))
             if step.object_id is None:
                 errors += 1
                 what = f"no object: {step.error}"
             else:
                 ids.append(step.object_id)
-                record = store.objects[step.object_id]
-                what = f"object {step.object_id} ({record.area * mpp[0] * mpp[1]:.0f} µm²)"
+                obj = store.get(step.object_id)
+                skipped += step.skipped
+                done = "already done: " if step.skipped else ""
+                what = (f"{done}object {step.object_id} ({obj.area * mpp[0] * mpp[1]:.0f} µm², "
+                        f"{choice.label} at {hr_mpp:g} µm/px, "
+                        f"{SCORE_NAMES.get(obj.score_kind or '', 'score')} "
+                        f"{obj.score if obj.score is not None else float('nan'):.2f})")
             print(f"[{step.done}/{step.total}] {what}{eta}", file=sys.stderr)
     except KeyboardInterrupt:
         batch.close()
@@ -157,6 +186,9 @@ def _run_batch(slide, items, predictor, *, store, args: argparse.Namespace,
               file=sys.stderr)
     if not ids:
         raise PromptError(f"none of the {len(items)} prompts gave an object ({errors} failed)")
+    if skipped:
+        print(f"napari-wsi-sam: {skipped} prompt(s) were done by an earlier run and kept "
+              "(--force redoes them)", file=sys.stderr)
     return ids
 
 
@@ -169,7 +201,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise AnnotationError(f"prompts file {args.prompts} does not exist")
     if args.mask_prompts and args.prompts is None:
         raise PromptError("--mask-prompts applies to --prompts only")
-    if not all(0 <= v <= 255 for v in args.color):
+    if args.color is not None and not all(0 <= v <= 255 for v in args.color):
         raise PromptError(f"--color needs three values 0..255, got {args.color}")
     parent = args.out.parent if str(args.out.parent) else Path(".")
     if not parent.is_dir():

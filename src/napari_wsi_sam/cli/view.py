@@ -22,12 +22,11 @@ def _view(args: argparse.Namespace) -> int:
 
     slide = open_slide(args.slide, mpp=args.mpp)
 
-    from .._triton import keep_triton_out_without_a_gpu
-
-    keep_triton_out_without_a_gpu()
     import napari
 
-    from .._layers import slide_layer_data
+    import napari_wsi_sam.ui  # noqa: F401  (keeps triton out of this napari process)
+
+    from ..ui.slide_layer import slide_layer_data
 
     viewer = napari.Viewer(title=f"WSI-SAM · {slide.path.name}")
     data, kwargs, _ = slide_layer_data(slide)

@@ -25,9 +25,10 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UsageError
+from ..model.build import build_predictor
 from ..model.embedding_cache import EmbeddingCache
 from ..model.predictor import WsiSamPredictor
-from ..model.registry import BASE_MODELS, ModelChoice, build_predictor, parse_choice
+from ..model.registry import BASE_MODELS, ModelChoice, parse_choice
 from ..model.sam import SamParts, load_sam
 from ..pipeline.crop_grid import CropPairCache, snapped_center
 from ..pipeline.segment import crop_pair, embedding_key
@@ -88,7 +89,7 @@ def parse_prompt(text: str) -> tuple[str, int]:
 
 def build_predictors(specs: list[ModelSpec], *, device: str = "auto",
                      mobile: SamParts | None = None) -> dict[str, WsiSamPredictor]:
-    """One predictor per model (`registry.build_predictor`); the MobileSAM ones share the
+    """One predictor per model (`model.build.build_predictor`); the MobileSAM ones share the
     encoder and its embedding cache."""
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):

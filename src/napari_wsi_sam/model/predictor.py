@@ -333,7 +333,7 @@ class WsiSamPredictor:
         if name not in PREDICTOR_MODELS:
             raise UsageError(f"unknown model {name!r} for a predictor; use one of "
                              f"{', '.join(PREDICTOR_MODELS)} (SAM* through registry."
-                             "build_predictor)")
+                             "build.build_predictor)")
 
 
 def _to(value: EncoderOutput, device: torch.device) -> EncoderOutput:

@@ -31,8 +31,6 @@ from ..scale import DEFAULT_HR_MPP, MAGNIFICATIONS, magnification, same_scale, s
 
 if TYPE_CHECKING:
     from .head_checkpoint import HeadSettings
-    from .predictor import WsiSamPredictor
-    from .sam import SamParts
 
 logger = logging.getLogger(__name__)
 
@@ -381,24 +379,3 @@ def recorded_rule() -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as error:
         raise WeightsError(f"{DEFAULT_RULE_FILE} is missing or damaged ({error}); reinstall "
                            "napari-wsi-sam") from error
-
-
-# -------------------------------------------------------------------------------- predictors
-def build_predictor(choice: ModelChoice, *, device: str = "auto",
-                    parts: Mapping[str, SamParts] | None = None, **kwargs: Any
-                    ) -> WsiSamPredictor:
-    """A `WsiSamPredictor` running `choice`. parts: loaded SAM parts to share by variant;
-    kwargs go to the predictor (cache=, precision=, decoder_batch=, ...)."""
-    from .predictor import WsiSamPredictor
-
-    shared = dict(parts or {})
-    if choice.model == "sam-decoder":
-        from .decoder_checkpoint import load_sam_decoder
-
-        if choice.decoder is None:  # pragma: no cover - parse_choice requires it
-            raise UsageError("sam-decoder needs its checkpoint")
-        shared["mobile_sam"] = load_sam_decoder(choice.decoder, base=shared.get("mobile_sam"))
-        return WsiSamPredictor(model="sam", device=device, parts=shared, **kwargs)
-    head = choice.head.path if choice.head is not None else None
-    return WsiSamPredictor(model=choice.model, head=head, device=device,  # type: ignore[arg-type]
-                           parts=shared, **kwargs)

@@ -1,12 +1,28 @@
-"""The whole flow, prompt -> crops -> predictor -> mask in level-0 pixels, without Qt."""
+"""The whole flow, prompt -> crops -> predictor -> mask in level-0 pixels -> objects in the
+store -> GeoJSON, without Qt."""
 
+from .batch import BatchProgress, CropGroup, group_by_crop, refine_batch
 from .crop_grid import CropPairCache, snapped_center
+from .items import (
+    BatchItem,
+    Provenance,
+    item_for_geometry,
+    items_from_geojson,
+    items_from_objects,
+    items_from_store,
+    resume_key,
+)
+from .objects import (
+    export_geojson,
+    import_geojson,
+    refine_stored,
+    store_segmented,
+    store_to_objects,
+)
 from .segment import SegmentedObject, segment_prompt
 
-__all__ = ["CropPairCache", "SegmentedObject", "segment_prompt", "snapped_center"]
-
-from .batch import BatchItem, BatchProgress, CropGroup, group_by_crop, refine_batch
-from .objects import export_geojson, prompts_from_geojson, store_segmented, store_to_objects
-
-__all__ += ["BatchItem", "BatchProgress", "CropGroup", "export_geojson", "group_by_crop",
-            "prompts_from_geojson", "refine_batch", "store_segmented", "store_to_objects"]
+__all__ = ["BatchItem", "BatchProgress", "CropGroup", "CropPairCache", "Provenance",
+           "SegmentedObject", "export_geojson", "group_by_crop", "import_geojson",
+           "item_for_geometry", "items_from_geojson", "items_from_objects", "items_from_store",
+           "refine_batch", "refine_stored", "resume_key", "segment_prompt", "snapped_center",
+           "store_segmented", "store_to_objects"]

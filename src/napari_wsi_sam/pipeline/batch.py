@@ -2,15 +2,18 @@
 
 Grouping rule: every item's crop centre is its snapped centre (`crop_grid.snapped_center`,
 the node of a half-crop grid nearest the prompt, when the prompt fits around it with the
-margin); items with the same node share one crop pair, cut once, and all of their prompts run
-as one `predictor.predict` call, so the encoder runs once per group ("sam", "medsam") or twice
-("wsi-sam": HR and LR). An item that does not fit around a node keeps its own centre and makes
-a group of its own.
+margin); items with the same node share one crop pair, cut once, so the encoder runs once per
+group ("sam", "medsam") or twice ("wsi-sam": HR and LR). An item that does not fit around a
+node keeps its own centre and makes a group of its own. Inside a group, prompts go to the
+decoder `decoder_batch` at a time, and each object is stored as soon as its batch is done, so
+memory stays bounded however many prompts a group holds.
 
 `refine_batch` is a generator: it yields a `BatchProgress` after each item, and an object is
-in the label store before its progress is yielded. Closing the generator (the widget's Cancel,
-Ctrl-C in the CLI) stops it at a yield, so every object reported done stays in the store and
-none is half-written. All coordinates are level-0 slide pixels (x, y), boxes XYXY.
+in the object store (one transaction) before its progress is yielded. Closing the generator
+(the widget's Cancel, Ctrl-C in the CLI) stops it at a yield: every object reported done stays
+in the store and none is half-written. Each new object records a resume key; a rerun skips the
+items already done (``skip_done``), or redoes them as new versions (``force``). All
+coordinates are level-0 slide pixels (x, y), boxes XYXY.
 """
 
 from __future__ import annotations
@@ -22,15 +25,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..annotations.labels import LabelStore
+from ..annotations.object_store import ObjectStore
 from ..errors import PromptError
-from ..prompts import Prompt
 from ..scale import LOW_RES
 from ..slide import CropPair, Slide
 from ..slide.crops import check_prompt_on_slide
 from ..windows import Window
 from .crop_grid import CropPairCache, snapped_center
-from .objects import store_segmented
+from .items import BatchItem, Provenance, resume_key
+from .objects import refine_stored, store_segmented
 from .segment import (
     EMPTY_MASK,
     TINY_MASK,
@@ -44,35 +47,16 @@ logger = logging.getLogger(__name__)
 
 MASK_PROMPT_LOGIT = 10.0
 """Logit of a mask prompt's pixels: +this inside the item's own mask, -this outside."""
-
-
-@dataclass(frozen=True, eq=False)
-class BatchItem:
-    """One object to refine.
-
-    prompt : box (and points) in level-0 pixels; for a polygon or ellipse, its bounds as box.
-    class_name, color : the object's class and (r, g, b) 0..255; None: the batch default.
-    mask : the shape's own mask, ``(mask (h, w) bool, window (x0, y0, x1, y1))`` in level-0
-        pixels, used as a mask prompt when the batch asks for mask prompts.
-    source : where the item came from (e.g. "feature 3"), for error lines.
-    """
-
-    prompt: Prompt
-    class_name: str | None = None
-    color: tuple[int, int, int] | None = None
-    mask: tuple[np.ndarray, Window] | None = None
-    source: str = ""
-
-    def describe(self, index: int) -> str:
-        return f"item {index}" + (f" ({self.source})" if self.source else "")
+DECODER_BATCH = 16
+"""Prompts per decoder call in a batch: bounds memory to a few (1024, 1024) logit maps."""
 
 
 @dataclass(frozen=True)
 class BatchProgress:
-    """After one item: ``done`` of ``total`` items finished; ``object_id`` of the stored object,
-    or ``error`` (one line) when the item gave none; ``seconds_left`` estimated from the mean
-    time per item so far (None when unknown). ``index`` is the item's position in the
-    input sequence (items finish in group order, not input order)."""
+    """After one item: ``done`` of ``total`` items finished; ``object_id`` of the stored (or,
+    when ``skipped``, the already stored) object, or ``error`` (one line) when the item gave
+    none; ``seconds_left`` estimated from the mean time per item so far (None when unknown).
+    ``index`` is the item's position in the input sequence (items finish in group order)."""
 
     done: int
     total: int
@@ -80,6 +64,9 @@ class BatchProgress:
     error: str | None
     seconds_left: float | None
     index: int = -1
+    skipped: bool = False
+    reason: str | None = None
+    """The error without the item's description (one line)."""
 
 
 @dataclass
@@ -102,7 +89,7 @@ def group_by_crop(slide: Slide, items: Sequence[BatchItem], *, hr_mpp: float = 1
         try:
             check_prompt_on_slide(slide, item.prompt)
         except PromptError as error:
-            errors[index] = f"{item.describe(index)}: {error}"
+            errors[index] = str(error)
             continue
         center = snapped_center(slide, item.prompt, hr_mpp=hr_mpp)
         own = tuple(float(v) for v in item.prompt.center())
@@ -118,60 +105,95 @@ def refine_batch(
     items: Sequence[BatchItem],
     predictor: object,
     *,
-    store: LabelStore,
+    store: ObjectStore,
     hr_mpp: float = 1.0,
-    model: str | None = None,
+    provenance: Provenance | None = None,
     default_class: str = "object",
-    default_color: str | tuple = (255, 255, 0),
     use_mask_prompts: bool = False,
     crop_cache: CropPairCache | None = None,
+    group: str | None = None,
+    skip_done: bool = True,
+    force: bool = False,
+    decoder_batch: int = DECODER_BATCH,
 ) -> Generator[BatchProgress, None, None]:
-    """Refine every item with `predictor` (a `WsiSamPredictor`) and add each object to `store`.
+    """Refine every item with `predictor` (a `WsiSamPredictor`) and store each object.
 
-    hr_mpp : HR crop pixel size, µm/px (LR is twice that). model : the predictor's model name,
-    None for its default. default_class, default_color : for items without their own.
-    use_mask_prompts : give each item's own mask (when it has one) as a mask prompt.
-    crop_cache : crop pairs to reuse (and keep) across calls, e.g. the widget's.
+    hr_mpp : HR crop pixel size, µm/px (LR is twice that). provenance : model, head and
+    settings recorded with each object (default: the predictor's model name).
+    default_class : for items without their own. use_mask_prompts : give each item's own
+    mask (when it has one) as a mask prompt. crop_cache : crop pairs to reuse across calls.
+    group : change-log group, so one undo removes the whole batch (default: a new one).
+    skip_done : skip items whose resume key is on a live object; force : redo those as new
+    versions of their objects. Items with an ``object_id`` become new versions of it.
 
     Yields one `BatchProgress` per item. An item that fails (off the slide, empty mask)
     yields its error line and the batch goes on; errors of the slide, weights or store stop it.
     """
     total = len(items)
+    provenance = provenance or Provenance(getattr(predictor, "model", "sam"), hr_mpp=hr_mpp)
+    group = group or store.new_group()
+    keys = [resume_key(slide, item, provenance, use_mask_prompts=use_mask_prompts)
+            for item in items]
+    done_before = store.live_by_resume_key(keys) if (skip_done or force) else {}
     groups, errors = group_by_crop(slide, items, hr_mpp=hr_mpp)
-    logger.info("batch refine: %d items in %d crop groups, %d off the slide", total,
-                len(groups), len(errors))
+    logger.info("batch refine: %d items in %d crop groups, %d off the slide, %d done before",
+                total, len(groups), len(errors), len(done_before))
     started = time.perf_counter()
-    done = 0
+    count = 0
 
-    def progress(index: int, object_id: int | None, error: str | None) -> BatchProgress:
-        nonlocal done
-        done += 1
+    def progress(index: int, object_id: int | None, reason: str | None, *,
+                 skipped: bool = False) -> BatchProgress:
+        nonlocal count
+        count += 1
         elapsed = time.perf_counter() - started
-        left = elapsed / done * (total - done)
+        left = elapsed / count * (total - count)
+        error = None if reason is None else f"{items[index].describe(index)}: {reason}"
         if error is not None:
             logger.info("%s", error)
-        return BatchProgress(done=done, total=total, object_id=object_id, error=error,
-                             seconds_left=left, index=index)
+        return BatchProgress(done=count, total=total, object_id=object_id, error=error,
+                             seconds_left=left, index=index, skipped=skipped, reason=reason)
 
-    for index, error in errors.items():
-        yield progress(index, None, error)
-    for group in groups:
-        first = items[group.indices[0]].prompt
-        crops = crop_pair(slide, first, hr_mpp=hr_mpp, center=group.center,
+    for index, reason in errors.items():
+        yield progress(index, None, reason)
+    for crop_group in groups:
+        todo = []
+        for index in crop_group.indices:
+            if keys[index] in done_before and not force:
+                yield progress(index, done_before[keys[index]], None, skipped=True)
+            else:
+                todo.append(index)
+        if not todo:
+            continue
+        first = items[todo[0]].prompt
+        crops = crop_pair(slide, first, hr_mpp=hr_mpp, center=crop_group.center,
                           crop_cache=crop_cache)
-        for sub in _by_prompt_kind(items, group.indices, use_mask_prompts=use_mask_prompts):
-            results = _predict_group(slide, crops, [items[i] for i in sub], predictor,
-                                     model=model, use_mask_prompts=use_mask_prompts)
-            for index, result in zip(sub, results, strict=True):
-                item = items[index]
-                if isinstance(result, str):
-                    yield progress(index, None, f"{item.describe(index)}: {result}")
-                    continue
-                object_id = store_segmented(
-                    store, result, class_name=item.class_name or default_class,
-                    color=item.color if item.color is not None else default_color,
-                    prompt=item.prompt)
-                yield progress(index, object_id, None)
+        for sub in _by_prompt_kind(items, todo, use_mask_prompts=use_mask_prompts):
+            for start in range(0, len(sub), max(1, decoder_batch)):
+                part = sub[start:start + max(1, decoder_batch)]
+                results = _predict_group(slide, crops, [items[i] for i in part], predictor,
+                                         use_mask_prompts=use_mask_prompts)
+                for index, result in zip(part, results, strict=True):
+                    item = items[index]
+                    if isinstance(result, str):
+                        yield progress(index, None, result)
+                        continue
+                    object_id = _store(store, item, result, provenance=provenance,
+                                       default_class=default_class, key=keys[index],
+                                       existing=done_before.get(keys[index]), group=group)
+                    yield progress(index, object_id, None)
+
+
+def _store(store: ObjectStore, item: BatchItem, obj: SegmentedObject, *,
+           provenance: Provenance, default_class: str, key: str, existing: int | None,
+           group: str) -> int:
+    """A new object, or a new version of the item's object (or of the one a forced rerun
+    redoes)."""
+    target = item.object_id if item.object_id is not None else existing
+    if target is not None:
+        refine_stored(store, target, obj, provenance=provenance, group=group)
+        return target
+    return store_segmented(store, obj, class_name=item.class_name or default_class,
+                           provenance=provenance, resume_key=key, group=group)
 
 
 def _by_prompt_kind(items: Sequence[BatchItem], indices: list[int], *,
@@ -188,8 +210,7 @@ def _by_prompt_kind(items: Sequence[BatchItem], indices: list[int], *,
 
 
 def _predict_group(slide: Slide, crops: CropPair, items: list[BatchItem], predictor: object,
-                   *, model: str | None, use_mask_prompts: bool
-                   ) -> list[SegmentedObject | str]:
+                   *, use_mask_prompts: bool) -> list[SegmentedObject | str]:
     """One predictor call for prompts of one kind on one crop pair: an object, or an error
     line, per item."""
     local = [crops.hr.map.prompt_to_crop(item.prompt) for item in items]
@@ -204,7 +225,7 @@ def _predict_group(slide: Slide, crops: CropPair, items: list[BatchItem], predic
                                            for item in items])
     prediction = predictor.predict(  # type: ignore[attr-defined]
         crops.hr.image, crops.lr.image, hr_to_lr=crops.hr_to_lr,
-        cache_key=embedding_key(slide, crops), model=model, **arrays)
+        cache_key=embedding_key(slide, crops), **arrays)
     out: list[SegmentedObject | str] = []
     for k, item in enumerate(items):
         crop_mask = prediction.masks[k] & crops.hr.valid

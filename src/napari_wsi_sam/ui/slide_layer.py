@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .slide import Slide, open_slide
+from ..slide import Slide, open_slide
 
 META_KEY = "napari_wsi_sam"
 
@@ -52,7 +52,7 @@ def open_layer_slide(layer: Any, *, mpp: float | None = None) -> Slide:
     """Re-open the slide behind `layer` (cheap: opening is lazy), with `mpp` if it has none."""
     path = slide_path_of(layer)
     if path is None:
-        from .errors import SlideError
+        from ..errors import SlideError
 
         raise SlideError(f"layer {getattr(layer, 'name', layer)!r} is not a slide opened by "
                          "napari-wsi-sam; open the slide file with File > Open")

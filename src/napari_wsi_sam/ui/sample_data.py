@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._layers import slide_layer_data
-from .assets import SAMPLE_SLIDE, fetch
-from .slide import open_slide
+from ..assets import SAMPLE_SLIDE, fetch
+from ..slide import open_slide
+from .slide_layer import slide_layer_data
 
 
 def make_sample_slide() -> list[Any]:

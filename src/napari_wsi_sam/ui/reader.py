@@ -6,8 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._layers import slide_layer_data
-from .slide import open_slide
+from ..slide import open_slide
+from .slide_layer import slide_layer_data
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi")
 

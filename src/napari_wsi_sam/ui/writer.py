@@ -1,7 +1,8 @@
 """napari writer contribution: File > Save Layers of a labels layer to QuPath GeoJSON.
 
-A 'WSI-SAM labels' layer is exported from its label store (exact, all levels agree); any other
-labels layer is traced from its full-resolution array, which must fit in memory.
+A 'WSI-SAM: <class>' layer is exported from the object store (the exact outlines of every live
+object of that class, overlapping ones included); any other labels layer is traced from its
+full-resolution array, which must fit in memory.
 """
 
 from __future__ import annotations
@@ -11,26 +12,26 @@ from typing import Any
 
 import numpy as np
 
-from .annotations import AnnotationObject, LabelStore, labels_to_geometries, write_geojson
-from .errors import AnnotationError
-from .pipeline.objects import export_geojson
+from ..annotations import AnnotationObject, ObjectStore, labels_to_geometries, write_geojson
+from ..errors import AnnotationError
+from ..pipeline.objects import export_geojson
+from .layers import CLASS_KEY, STORE_KEY
 
-STORE_KEY = "napari_wsi_sam_store"
 MAX_TRACED_PIXELS = 200_000_000
 
 
 def write_labels_geojson(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """Write `data` (a labels layer's data) to `path` as a GeoJSON FeatureCollection."""
     target = Path(path)
-    store_folder = meta.get("metadata", {}).get(STORE_KEY)
-    if store_folder:
-        store = LabelStore.open(store_folder)
-        export_geojson(store, target, mpp=store.mpp)
+    metadata = meta.get("metadata", {})
+    if metadata.get(STORE_KEY):
+        with ObjectStore.open(Path(metadata[STORE_KEY]), read_only=True, check=False) as store:
+            export_geojson(store, target, classes=[metadata[CLASS_KEY]])
         return [str(target)]
     level0 = data[0] if isinstance(data, list) else data
     if int(np.prod(level0.shape)) > MAX_TRACED_PIXELS:
         raise AnnotationError(f"labels layer of shape {tuple(level0.shape)} is too large to "
-                              "trace; save a 'WSI-SAM labels' layer, which exports its store")
+                              "trace; save a 'WSI-SAM: <class>' layer, which exports its store")
     scale = meta.get("scale", (1.0, 1.0))
     mpp = (float(scale[-1]), float(scale[-2])) if meta.get("units") else None
     objects = [AnnotationObject(id=int(label), geometry=geometry)

@@ -1,0 +1,328 @@
+"""`AnnotationSession`: annotating one slide, without Qt.
+
+It holds the slide, its object store and the label pyramids drawn from it, the selected
+object, the classes, the model settings with their predictors and crop caches, and a queue of
+requests. The napari widget builds controls and forwards to it; a script annotates headlessly
+through the very same calls:
+
+    session = AnnotationSession.open("slide.svs")
+    session.run_now(BoxRequest(np.array([100, 200, 400, 500])))
+    session.run_now(PointRequest(250, 300, positive=False))   # refines the new object
+    session.export_geojson("objects.geojson")
+
+Requests run one at a time, in order (`submit` then `drain`, from one worker thread); reading
+(selection, the store) is safe from any thread. Coordinates are level-0 slide pixels, (x, y).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..annotations.object_store import ObjectStore, StoredObject
+from ..annotations.rendering import ObjectRasters
+from ..annotations.store_files import open_store
+from ..errors import PromptError, WsiSamError
+from ..model import registry
+from ..model.build import build_predictor
+from ..pipeline import (
+    CropPairCache,
+    Provenance,
+    export_geojson,
+    import_geojson,
+    refine_batch,
+    refine_stored,
+    segment_prompt,
+    store_segmented,
+)
+from ..prompts import Prompt
+from ..scale import DEFAULT_HR_MPP, scale_text
+from ..slide import Slide, open_slide
+from .classes import ClassRegistry
+from .requests import (
+    BatchRequest,
+    BoxRequest,
+    DeleteRequest,
+    ImportRequest,
+    Outcome,
+    PointRequest,
+    ReclassRequest,
+    Request,
+    RequestQueue,
+    SyncRequest,
+    UndoRequest,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class AnnotationSession:
+    """One slide being annotated: its store, rasters, selection, classes, model and queue."""
+
+    def __init__(self, slide: Slide, store: ObjectStore, *, rasters: ObjectRasters | None = None,
+                 device: str = "auto") -> None:
+        self.slide = slide
+        self.store = store
+        w, h = slide.dimensions
+        self.rasters = rasters or ObjectRasters(store, shape=(h, w),
+                                                downsamples=slide.downsamples)
+        self.classes = ClassRegistry(store)
+        self.current_class = "other"
+        self.device = device
+        self.hr_mpp = DEFAULT_HR_MPP
+        self.threshold = 0.0
+        self.choice, self.default_reason = registry.default_choice(self.hr_mpp)
+        self.selected: int | None = None
+        self.queue = RequestQueue()
+        self._predictors: dict[tuple[str, str], Any] = {}
+        self._mobile: Any = None  # MobileSAM's parts, loaded once and shared
+        self._crop_cache = CropPairCache()
+        self._cancel = threading.Event()
+        self.rasters.sync()
+
+    @classmethod
+    def open(cls, slide: Slide | str | Path, *, folder: Path | None = None,
+             mpp: float | None = None, device: str = "auto") -> AnnotationSession:
+        """A session on a slide file (or an opened `Slide`) and its store (`open_store`)."""
+        opened = slide if isinstance(slide, Slide) else open_slide(slide, mpp=mpp)
+        return cls(opened, open_store(opened, folder=folder), device=device)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ----------------------------------------------------------------- model and scale
+    def set_model(self, choice: registry.ModelChoice) -> str | None:
+        """Use `choice`; the HR scale follows its head. Returns a note when it changed."""
+        self.choice = choice
+        if choice.hr_mpp is not None and choice.hr_mpp != self.hr_mpp:
+            self.hr_mpp = choice.hr_mpp
+            return f"HR magnification set to {scale_text(self.hr_mpp)}, the head's own"
+        return None
+
+    def set_hr_mpp(self, hr_mpp: float, *, follow_default: bool) -> str | None:
+        """A new HR µm/px. With `follow_default` the model becomes the measured default there;
+        otherwise a head trained at another scale gives a one-line warning (it still runs)."""
+        self.hr_mpp = float(hr_mpp)
+        if follow_default:
+            self.choice, self.default_reason = registry.default_choice(self.hr_mpp)
+            return None
+        return registry.scale_warning(self.choice, self.hr_mpp)
+
+    def predictor(self) -> Any:
+        """The predictor of the current model and device, loaded once (MobileSAM shared)."""
+        key = (self.choice.spec, self.device)
+        if key not in self._predictors:
+            parts = {"mobile_sam": self._mobile} if self._mobile is not None else None
+            predictor = build_predictor(self.choice, device=self.device, parts=parts)
+            if self._mobile is None and self.choice.model in ("sam", "wsi-sam"):
+                self._mobile = predictor.parts("mobile_sam")
+            self._predictors[key] = predictor
+        return self._predictors[key]
+
+    def provenance(self) -> Provenance:
+        return Provenance.of(self.choice, hr_mpp=self.hr_mpp, threshold=self.threshold)
+
+    # ----------------------------------------------------------------- selection
+    def select(self, object_id: int | None) -> StoredObject | None:
+        """Select an object (None: nothing); returns it."""
+        if object_id is None:
+            self.selected = None
+            return None
+        obj = self.store.get(object_id)
+        self.selected = None if obj.deleted else obj.id
+        return None if obj.deleted else obj
+
+    def select_at(self, x: float, y: float) -> StoredObject | None:
+        """The smallest object under (x, y); clicking again there walks out to the object
+        that contains it, then back to the smallest. None (and no selection) on background."""
+        hits = self.store.at_point(x, y)
+        if not hits:
+            return self.select(None)
+        ids = [o.id for o in hits]
+        if self.selected in ids:
+            return self.select(ids[(ids.index(self.selected) + 1) % len(ids)])
+        return self.select(ids[0])
+
+    def selected_object(self) -> StoredObject | None:
+        if self.selected is None:
+            return None
+        obj = self.store.get(self.selected)
+        if obj.deleted:
+            self.selected = None
+            return None
+        return obj
+
+    def refine_points(self) -> tuple[np.ndarray, np.ndarray]:
+        """The selected object's prompt points ((N, 2) level-0 x, y; (N,) labels 1/0)."""
+        obj = self.selected_object()
+        prompt = (obj.prompt or {}) if obj is not None else {}
+        points = np.asarray(prompt.get("points") or np.zeros((0, 2)), float).reshape(-1, 2)
+        labels = np.asarray(prompt.get("labels") or [], np.int64).reshape(-1)
+        return points, labels
+
+    # ----------------------------------------------------------------- the queue
+    def submit(self, request: Request) -> int:
+        """Queue a request (any thread); returns how many wait now."""
+        self._cancel.clear()
+        return self.queue.put(request)
+
+    def cancel(self) -> list[Request]:
+        """Stop after the current object; drop what waits (returned)."""
+        self._cancel.set()
+        return self.queue.clear()
+
+    def drain(self) -> Iterator[Outcome]:
+        """Run queued requests in order until none is left (call from one worker thread)."""
+        while not self._cancel.is_set():
+            request = self.queue.get()
+            if request is None:
+                return
+            yield from self.run(request)
+
+    def run_now(self, request: Request) -> list[Outcome]:
+        """Run one request at once (scripts, tests) and return its outcomes."""
+        return list(self.run(request))
+
+    def run(self, request: Request) -> Iterator[Outcome]:
+        """Carry out one request; user errors become outcomes, nothing is half-done."""
+        started = time.perf_counter()
+        try:
+            if isinstance(request, BatchRequest):
+                yield from self._batch(request)
+                return
+            yield self._one(request, started)
+        except WsiSamError as error:
+            yield Outcome(request, str(error), error=True, touched=self._sync())
+
+    def _one(self, request: Request, started: float) -> Outcome:
+        if isinstance(request, BoxRequest):
+            return self._segment(request, Prompt(box=request.box), started,
+                                 refine=request.refine)
+        if isinstance(request, PointRequest):
+            points, labels = self.refine_points()
+            obj = self.selected_object()
+            box = None
+            if obj is not None:
+                recorded = (obj.prompt or {}).get("box")
+                box = np.asarray(recorded if recorded is not None else obj.bounds, float)
+            prompt = Prompt(box=box,
+                            points=np.vstack([points, [[request.x, request.y]]]),
+                            labels=np.append(labels, int(request.positive)))
+            return self._segment(request, prompt, started, refine=obj is not None)
+        if isinstance(request, ReclassRequest):
+            name = self.classes.add(request.class_name)
+            self.classes.ensure_stored(name)
+            self.store.reclass(request.ids, name)
+            return Outcome(request, f"{len(request.ids)} object(s) now {name}",
+                           touched=self._sync())
+        if isinstance(request, DeleteRequest):
+            count = self.store.delete(request.ids)
+            if self.selected in request.ids:
+                self.selected = None
+            return Outcome(request, f"{count} object(s) deleted (Undo brings them back)",
+                           touched=self._sync())
+        if isinstance(request, UndoRequest):
+            changes = self.store.redo() if request.redo else self.store.undo()
+            verb = "redone" if request.redo else "undone"
+            if not changes:
+                return Outcome(request, f"nothing to {'redo' if request.redo else 'undo'}")
+            ids = sorted({c.object_id for c in changes})
+            if self.selected is not None and self.selected_object() is None:
+                self.selected = None
+            return Outcome(request, f"{len(changes)} change(s) {verb} on object(s) "
+                           f"{', '.join(map(str, ids[:5]))}{'...' if len(ids) > 5 else ''}",
+                           object_id=ids[-1], touched=self._sync())
+        if isinstance(request, ImportRequest):
+            ids, skipped = import_geojson(self.store, request.path,
+                                          default_class=self.current_class)
+            self.classes.reload()
+            note = f"; skipped {len(skipped)}: {skipped[0]}" if skipped else ""
+            return Outcome(request, f"{len(ids)} objects imported from {request.path.name}"
+                           f"{note}", touched=self._sync())
+        if isinstance(request, SyncRequest):
+            self.classes.reload()
+            return Outcome(request, "updated from changes made elsewhere", touched=self._sync())
+        raise PromptError(f"unknown request {type(request).__name__}")
+
+    # ----------------------------------------------------------------- segmentation
+    def _segment(self, request: Request, prompt: Prompt, started: float, *,
+                 refine: bool) -> Outcome:
+        target = self.selected if refine else None
+        if refine and target is None:
+            raise PromptError("no object is selected to refine: click an object first")
+        obj = segment_prompt(self.slide, prompt, self.predictor(), hr_mpp=self.hr_mpp,
+                             threshold=self.threshold, crop_cache=self._crop_cache)
+        provenance = self.provenance()
+        if target is not None:
+            version = refine_stored(self.store, target, obj, provenance=provenance)
+            object_id, what = target, f"Object {target} version {version}"
+        else:
+            self.classes.ensure_stored(self.current_class)
+            object_id = store_segmented(self.store, obj, class_name=self.current_class,
+                                        provenance=provenance)
+            what = f"Object {object_id}"
+        self.selected = object_id
+        raised = (f" (HR raised to {obj.crops.hr_mpp:.2f} µm/px to fit the box)"
+                  if obj.crops.mpp_raised else "")
+        message = (f"{what}: {self.choice.label}, {registry.SCORE_NAMES[obj.score_kind]} "
+                   f"{obj.score:.2f}, {time.perf_counter() - started:.1f} s{raised}")
+        return Outcome(request, message, object_id=object_id, touched=self._sync())
+
+    def _batch(self, request: BatchRequest) -> Iterator[Outcome]:
+        items = list(request.items)
+        if not items:
+            raise PromptError("the batch has no shapes: draw or import some first")
+        for name in {i.class_name or self.current_class for i in items}:
+            self.classes.ensure_stored(name)
+        steps = refine_batch(self.slide, items, self.predictor(), store=self.store,
+                             hr_mpp=self.hr_mpp, provenance=self.provenance(),
+                             default_class=self.current_class,
+                             use_mask_prompts=request.use_mask_prompts,
+                             crop_cache=self._crop_cache)
+        errors = 0
+        try:
+            for step in steps:
+                errors += step.error is not None
+                text = step.error or (f"object {step.object_id}" + (
+                    " (done before)" if step.skipped else ""))
+                yield Outcome(request, f"Batch {step.done}/{step.total}: {text}",
+                              error=step.error is not None, object_id=step.object_id,
+                              touched=self._sync(), progress=(step.done, step.total),
+                              seconds_left=step.seconds_left)
+                if self._cancel.is_set():
+                    yield Outcome(request, f"Batch cancelled after {step.done} of "
+                                  f"{step.total}: every object done is kept",
+                                  progress=(step.done, step.total))
+                    return
+        finally:
+            steps.close()
+        if errors:
+            yield Outcome(request, f"Batch done: {len(items) - errors} of {len(items)} gave "
+                          f"an object ({errors} without one)", progress=(len(items),) * 2)
+
+    # ----------------------------------------------------------------- files and sync
+    def export_geojson(self, path: Path | str, *, classes: list[str] | None = None) -> int:
+        """Every live object (of `classes`, when given) to QuPath GeoJSON; how many."""
+        return export_geojson(self.store, Path(path), mpp=self.slide.mpp, classes=classes)
+
+    def changed_elsewhere(self) -> bool:
+        """A cheap poll: True once after another viewer or process changed the store."""
+        return self.store.changed_elsewhere()
+
+    def _sync(self) -> tuple[str, ...]:
+        return tuple(self.rasters.sync())
+
+    def layer_levels(self, class_name: str) -> list[Any]:
+        """The zarr levels of a class's labels (drawn on first use)."""
+        return self.rasters.levels(class_name)
+
+    def shown_classes(self) -> list[str]:
+        """Classes that have live objects, in the registry's order."""
+        live = self.store.live_classes()
+        return [name for name in self.classes.names() if name in live]

@@ -1,0 +1,123 @@
+"""What a user asks of an annotation session, and what comes back: plain, Qt-free values.
+
+Requests are queued (`RequestQueue`) and run one at a time, in order, off the UI thread, so a
+prompt drawn while the model is busy waits its turn instead of being dropped. Every request
+gives one or more `Outcome`s: a one-line message, the object it made or changed, the layers
+to redraw, and for batches the progress.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..pipeline.items import BatchItem
+
+
+@dataclass(frozen=True, eq=False)
+class Request:
+    """Base of every request. tag: anything the caller wants back in the outcome (the UI
+    passes the shape a prompt came from, to mark it when the prompt fails)."""
+
+    tag: Any = field(default=None, kw_only=True)
+
+
+@dataclass(frozen=True, eq=False)
+class BoxRequest(Request):
+    """A box (XYXY, level-0 px): a new object, or with ``refine`` a new version of the
+    selected one."""
+
+    box: np.ndarray
+    refine: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class PointRequest(Request):
+    """A click (level-0 x, y): refines the selected object (or starts one from the point)."""
+
+    x: float
+    y: float
+    positive: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class ReclassRequest(Request):
+    ids: tuple[int, ...]
+    class_name: str
+
+
+@dataclass(frozen=True, eq=False)
+class DeleteRequest(Request):
+    ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class UndoRequest(Request):
+    redo: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class BatchRequest(Request):
+    """Refine many items (new objects, or new versions of the store objects they name)."""
+
+    items: tuple[BatchItem, ...]
+    use_mask_prompts: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class ImportRequest(Request):
+    """Store every outline of a GeoJSON file as an object."""
+
+    path: Path
+
+
+@dataclass(frozen=True, eq=False)
+class SyncRequest(Request):
+    """Redraw what other viewers or processes changed."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One result of a request. error: the message is a user error (nothing was changed by
+    this request). touched: layers (classes) redrawn. progress: (done, total) of a batch."""
+
+    request: Request
+    message: str
+    error: bool = False
+    object_id: int | None = None
+    touched: tuple[str, ...] = ()
+    progress: tuple[int, int] | None = None
+    seconds_left: float | None = None
+
+
+class RequestQueue:
+    """First in, first out, shared between the UI thread (put) and a worker (get)."""
+
+    def __init__(self) -> None:
+        self._items: deque[Request] = deque()
+        self._lock = threading.Lock()
+
+    def put(self, request: Request) -> int:
+        """Queue a request; returns how many are waiting now."""
+        with self._lock:
+            self._items.append(request)
+            return len(self._items)
+
+    def get(self) -> Request | None:
+        with self._lock:
+            return self._items.popleft() if self._items else None
+
+    def clear(self) -> list[Request]:
+        with self._lock:
+            dropped = list(self._items)
+            self._items.clear()
+            return dropped
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)

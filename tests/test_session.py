@@ -1,0 +1,167 @@
+"""The Qt-free annotation session on the real CMU slide with the real weights: requests in
+order, selection, refinement as versions, undo, classes, import, batch, export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from shapely.geometry import box, shape
+
+from napari_wsi_sam.annotations import ObjectStore
+from napari_wsi_sam.pipeline import items_from_store
+from napari_wsi_sam.session import (
+    AnnotationSession,
+    BatchRequest,
+    BoxRequest,
+    DeleteRequest,
+    ImportRequest,
+    PointRequest,
+    ReclassRequest,
+    UndoRequest,
+)
+
+FOLLICLE = np.array([1185.0, 1980.0, 1345.0, 2185.0])
+REGION = np.array([1000.0, 1800.0, 1500.0, 2300.0])
+
+
+@pytest.fixture
+def session(sample_slide, tmp_path):
+    copy = tmp_path / sample_slide.name
+    shutil.copy(sample_slide, copy)
+    opened = AnnotationSession.open(copy, device="cpu")
+    yield opened
+    opened.close()
+
+
+def only(outcomes):
+    (outcome,) = outcomes
+    assert not outcome.error, outcome.message
+    return outcome
+
+
+def test_requests_run_in_order_and_a_click_refines_the_new_object(session):
+    assert session.choice.model == "sam" and session.hr_mpp == 1.0  # the 10x default
+    session.current_class = "follicle"
+    session.submit(BoxRequest(FOLLICLE, tag="first box"))
+    session.submit(PointRequest(1250.5, 2150.5, positive=False))  # queued behind the box
+    session.submit(ReclassRequest((1,), "hair follicle"))
+    outcomes = list(session.drain())
+    assert [o.error for o in outcomes] == [False] * 3, [o.message for o in outcomes]
+    assert outcomes[0].request.tag == "first box" and outcomes[0].object_id == 1
+    assert "predicted IoU" in outcomes[0].message and outcomes[0].touched == ("follicle",)
+    obj = session.store.get(1)
+    assert (obj.version, obj.class_name) == (3, "hair follicle")
+    assert obj.prompt["labels"] == [0] and obj.prompt["box"] == FOLLICLE.tolist()
+    assert session.store.count() == 1 and session.selected == 1
+    # Undo walks back: the class, then the click's mask (not the whole object).
+    only(session.run_now(UndoRequest()))
+    only(session.run_now(UndoRequest()))
+    first = session.store.get(1)
+    assert first.version == 1 and first.prompt["labels"] == []
+    assert session.refine_points()[0].shape == (0, 2)
+    only(session.run_now(UndoRequest(redo=True)))
+    assert session.store.get(1).version == 2
+
+
+def test_selection_walks_out_of_nested_objects(session):
+    region = session.store.add(box(*REGION), class_name="tumour")  # drawn by hand, say
+    session.current_class = "follicle"
+    follicle = only(session.run_now(BoxRequest(FOLLICLE))).object_id
+    inside = session.store.get(follicle)
+    assert inside.parent == region  # SAM's follicle lies wholly in the region
+    x, y = inside.geometry.representative_point().coords[0]
+    assert session.selected == follicle  # a new object is selected
+    assert session.select_at(x, y).id == region  # clicking it walks out to its container
+    session.select(None)
+    assert session.select_at(x, y).id == follicle  # from nothing: the smallest first
+    assert session.select_at(x, y).id == region  # again: the one that contains it
+    assert session.select_at(x, y).id == follicle
+    assert session.select_at(5.5, 5.5) is None and session.selected is None
+
+
+def test_a_failed_prompt_is_one_line_and_changes_nothing(session):
+    width, _ = session.slide.dimensions
+    (outcome,) = session.run_now(BoxRequest(np.array([width + 10.0, 5, width + 90, 60])))
+    assert outcome.error and "outside" in outcome.message and "\n" not in outcome.message
+    (outcome,) = session.run_now(PointRequest(100.5, 100.5))  # nothing selected: a new object
+    assert session.store.count() <= 1
+    (outcome,) = session.run_now(DeleteRequest((99,)))
+    assert outcome.error and "no object 99" in outcome.message
+
+
+def test_cancel_drops_what_waits(session):
+    session.submit(BoxRequest(FOLLICLE))
+    session.submit(BoxRequest(REGION))
+    dropped = session.cancel()
+    assert len(dropped) == 2 and list(session.drain()) == []
+    session.submit(BoxRequest(FOLLICLE))  # a new request runs again
+    assert len(list(session.drain())) == 1
+
+
+def test_cancel_stops_a_batch_after_the_current_object(session):
+    from napari_wsi_sam.pipeline import BatchItem
+    from napari_wsi_sam.prompts import Prompt
+
+    items = tuple(BatchItem(prompt=Prompt.from_box(FOLLICLE + np.array([i, 0, i, 0])))
+                  for i in range(4))
+    run = session.run(BatchRequest(items))
+    first = next(run)
+    assert first.progress == (1, 4) and session.store.count() == 1
+    session.cancel()
+    (note,) = list(run)  # nothing more runs; what was done stays
+    assert "cancelled after 1 of 4" in note.message and session.store.count() == 1
+
+
+def test_import_keeps_holes_and_parts_then_refines_in_place(session, tmp_path):
+    ring = [[1100, 1900], [1430, 1900], [1430, 2250], [1100, 2250], [1100, 1900]]
+    hole = [[1200, 2000], [1300, 2000], [1300, 2100], [1200, 2100], [1200, 2000]]
+    far = [[1690, 2535], [1790, 2535], [1790, 2650], [1690, 2650], [1690, 2535]]
+    path = tmp_path / "coarse.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "MultiPolygon",
+                                         "coordinates": [[ring, hole], [far]]},
+         "properties": {"classification": {"name": "DCIS", "color": [152, 78, 163]}}}]}))
+    outcome = only(session.run_now(ImportRequest(path)))
+    assert "1 objects imported" in outcome.message
+    (imported,) = session.store.iter_live()
+    assert imported.class_name == "DCIS" and imported.model == "imported"
+    assert imported.geometry.equals(shape({"type": "MultiPolygon",
+                                           "coordinates": [[ring, hole], [far]]}))
+    assert session.store.classes()["DCIS"] == "#984ea3"
+    items = items_from_store(session.store, [imported.id])
+    outcomes = session.run_now(BatchRequest(tuple(items), use_mask_prompts=True))
+    assert [o.progress for o in outcomes] == [(1, 1)]
+    refined = session.store.get(imported.id)
+    assert refined.version == 2 and session.store.count() == 1
+    assert refined.model == "sam" and refined.class_name == "DCIS"
+    only(session.run_now(UndoRequest()))  # the whole batch in one step
+    assert session.store.get(imported.id).geometry.equals(imported.geometry)
+
+
+def test_export_writes_every_live_object(session, tmp_path):
+    session.current_class = "tumour"
+    only(session.run_now(BoxRequest(REGION)))
+    session.current_class = "follicle"
+    only(session.run_now(BoxRequest(FOLLICLE)))
+    session.store.add(box(10, 10, 40, 40), class_name="stroma")
+    out = tmp_path / "objects.geojson"
+    assert session.export_geojson(out) == 3
+    features = json.loads(out.read_text())["features"]
+    names = sorted(f["properties"]["classification"]["name"] for f in features)
+    assert names == ["follicle", "stroma", "tumour"]
+    with ObjectStore.open(session.store.path) as again:
+        assert again.count() == 3
+
+
+def test_the_scale_follows_a_chosen_head(session):
+    from napari_wsi_sam.model import registry
+
+    note = session.set_model(registry.parse_choice("wsi-sam"))
+    assert session.hr_mpp == 0.25 and "40x" in note
+    warning = session.set_hr_mpp(1.0, follow_default=False)
+    assert "40x (0.25 µm/px)" in warning and session.choice.model == "wsi-sam"
+    assert session.set_hr_mpp(1.0, follow_default=True) is None
+    assert session.choice.model == "sam"
