@@ -1,24 +1,43 @@
 """Reading JSON and writing text files for every annotation format, with one-line errors.
 
 Writes are atomic (written beside the target, then moved in place), so an interrupted export
-never leaves half a file where the user's annotations were.
+never leaves half a file where the user's annotations were. A write killed half-way leaves its
+temp file (``.<name>.<pid>-<host>.<random>.part``) beside the target; the next write of that
+target removes it once its writer is gone (`remove_stale_temp_files`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
-import tempfile
+import re
+import secrets
+import socket
+import stat
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import AnnotationError
 
+logger = logging.getLogger(__name__)
+
+STALE_AFTER_S = 600.0
+"""A temp file of an atomic write left untouched this long is a leftover, whoever wrote it."""
+_HOST = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+"""This machine, in temp file names: a process id only says something on its own host."""
+
 
 def write_text_atomic(target: Path, text: str) -> Path:
-    """Write ``text`` beside ``target`` and move it in place: the file is complete or absent."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part",
-                               dir=target.parent if str(target.parent) else ".")
+    """Write ``text`` beside ``target`` and move it in place: the file is complete or absent.
+    Temp files that killed writes of ``target`` left behind are removed afterwards."""
+    target = Path(target)
+    tmp = _folder(target) / f".{target.name}.{os.getpid()}-{_HOST}.{secrets.token_hex(4)}.part"
+    # os.open with 0o666 honours the umask, as any other file the user makes (mkstemp: 0600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -26,7 +45,69 @@ def write_text_atomic(target: Path, text: str) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    remove_stale_temp_files(target)
     return target
+
+
+def remove_stale_temp_files(target: Path) -> list[Path]:
+    """Remove the temp files earlier atomic writes of ``target`` left beside it: those whose
+    writer (a process of this machine) is gone, and any untouched for `STALE_AFTER_S`. A temp
+    file that a live process may be writing is kept; other files are never touched. Best
+    effort (a file that cannot be removed is left); returns the files removed."""
+    target = Path(target)
+    folder = _folder(target)
+    prefix = f".{target.name}."
+    # .<name>.<pid>-<host>.<random>.part, or .<name>.<random>.part (earlier releases)
+    pattern = re.compile(re.escape(prefix) + r"(?:(\d+)-([0-9a-f]{6})\.[a-z0-9_]+|[a-z0-9_]{8})"
+                         r"\.part")
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None:
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            continue
+        pid, host = match.group(1), match.group(2)
+        gone = pid is not None and host == _HOST and not _process_alive(int(pid))
+        if not (gone or now - info.st_mtime > STALE_AFTER_S):
+            continue
+        path = Path(entry.path)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as error:
+            logger.debug("cannot remove the leftover %s (%s)", path, error)
+            continue
+        logger.info("removed %s, left by an interrupted write of %s", path, target.name)
+        removed.append(path)
+    return removed
+
+
+def _folder(target: Path) -> Path:
+    return target.parent if str(target.parent) else Path(".")
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process `pid` of this machine may still run (True when it cannot be told)."""
+    if pid <= 0 or pid == os.getpid():
+        return True
+    if sys.platform == "win32":  # os.kill(pid, 0) would end the process there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
 
 
 def read_json(source: Path, *, expected: str) -> Any:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -74,21 +75,34 @@ class ObjectStore:
     def create(cls, path: Path, *, meta: dict[str, Any], writer: str | None = None
                ) -> ObjectStore:
         """A new, empty store at `path` (the file must not exist). meta: the slide it belongs
-        to (``slide_path``, ``dimensions`` (w, h), ``mpp``, ``downsamples``)."""
+        to (``slide_path``, ``dimensions`` (w, h), ``mpp``, ``downsamples``).
+
+        The store is built whole beside `path` and moved into place, so a kill at any moment
+        leaves either no store or a complete one."""
         path = Path(path)
         if path.exists():
             raise StoreError(f"{path} already exists; open it instead")
+        tmp = path.with_name(path.name + ".creating")
+        for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-wal", "-shm",
+                                                                      "-journal"))):
+            leftover.unlink(missing_ok=True)
         journal = schema.journal_mode_for(path.parent)
-        conn = schema.connect(path, read_only=False, journal=journal)
+        conn = schema.connect(tmp, mode="rwc", journal=journal)
         try:
-            schema.create_schema(conn)
-            with schema.transaction(conn):
-                conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
-                                 [(k, json.dumps(v)) for k, v in meta.items()])
+            schema.create_schema(conn, meta)
         except sqlite3.Error as error:
-            conn.close()
             raise schema.translate(error, path, "create") from error
-        return cls(path, conn, read_only=False, journal=journal, writer=writer)
+        finally:
+            conn.close()
+        try:
+            os.link(tmp, path)  # fails when another process made the store meanwhile
+        except FileExistsError:
+            logger.info("%s was created by another process meanwhile; opening it", path)
+        except OSError:  # no hard links here (some shares): a plain rename
+            if not path.exists():
+                os.replace(tmp, path)
+        tmp.unlink(missing_ok=True)
+        return cls.open(path, writer=writer, check=False)
 
     @classmethod
     def open(cls, path: Path, *, writer: str | None = None, read_only: bool = False,
@@ -101,15 +115,20 @@ class ObjectStore:
             raise StoreError(f"{path} does not exist")
         writable = _writable(path)
         journal = schema.journal_mode_for(path.parent)
+        if writable:
+            conn = _connect_checked(path, mode="rw", journal=journal, query_only=read_only)
+        elif schema.hot_journal(path):
+            raise StoreError(f"{path} holds a change that a stopped writer left unfinished, "
+                             "and only a writer may roll it back; open it once from a place "
+                             "where its folder can be written")
+        else:
+            try:
+                conn = _connect_checked(path, mode="ro", journal=journal)
+            except StoreError:
+                # A read-only medium: WAL's shared memory cannot be made there, so read the
+                # file as it is, taking no locks.
+                conn = _connect_checked(path, mode="ro", journal=journal, immutable=True)
         read_only = read_only or not writable
-        try:
-            conn = _connect_checked(path, read_only=read_only, journal=journal)
-        except StoreError:
-            if not read_only or writable:
-                raise
-            # A read-only medium: WAL's shared memory cannot be made there, so read the file
-            # as it is, taking no locks.
-            conn = _connect_checked(path, read_only=True, journal=journal, immutable=True)
         try:
             if check:
                 schema.quick_check(conn, path)
@@ -455,11 +474,11 @@ class ObjectStore:
             raise StoreError(f"the object's prompt cannot be stored ({error})") from error
         return item, geometry
 
-def _connect_checked(path: Path, *, read_only: bool, journal: str, immutable: bool = False
-                     ) -> sqlite3.Connection:
+def _connect_checked(path: Path, *, mode: str, journal: str, query_only: bool = False,
+                     immutable: bool = False) -> sqlite3.Connection:
     """A connection to a file that is an object store this release can read."""
     conn = (schema.connect_immutable(path) if immutable
-            else schema.connect(path, read_only=read_only, journal=journal))
+            else schema.connect(path, mode=mode, journal=journal, query_only=query_only))
     try:
         schema.check_schema(conn, path)
     except StoreError:

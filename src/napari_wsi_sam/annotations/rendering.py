@@ -77,9 +77,10 @@ class ObjectRasters:
         return list(self._state["layers"])
 
     def levels(self, name: str) -> list[zarr.Array]:
-        """The zarr levels of layer `name`, finest first (drawn now if it is new)."""
+        """The zarr levels of layer `name`, finest first (drawn now if it is new, or if its
+        arrays went missing)."""
         key = self._state["layers"].get(name)
-        if key is None:
+        if key is None or f"{key}/0" not in self.group:
             key = self._new_layer(name)
         return [self.group[f"{key}/{k}"]  # type: ignore[misc]
                 for k in range(len(self.downsamples))]
@@ -97,10 +98,11 @@ class ObjectRasters:
         info = self.store.version_info(vids)
         touched: dict[str, list[Window]] = {k: list(v) for k, v in pending.items()}
         for change in changes:
-            for vid in (change.before_vid, change.after_vid):
+            for vid in {change.before_vid, change.after_vid}:  # a delete: one version
                 if vid is not None and vid in info:
                     name, window = info[vid]
-                    touched.setdefault(name, []).append(window)
+                    if window not in touched.setdefault(name, []):
+                        touched[name].append(window)
         last = changes[-1].seq if changes else self.synced_seq
         known = self._state["layers"]
         self._draw_recorded({k: v for k, v in touched.items() if k in known}, synced_seq=last)
@@ -129,13 +131,10 @@ class ObjectRasters:
         """Draw layers afresh from the store (all of them by default)."""
         todo = list(names) if names is not None else self.layer_names()
         for index, name in enumerate(todo):
-            key = self._state["layers"].get(name)
-            if key is not None and key in self.group:
-                del self.group[key]
-                layers = dict(self._state["layers"])
-                layers.pop(name)
-                self._save_state(layers=layers)
-            self.levels(name)
+            old = self._state["layers"].get(name)
+            self._new_layer(name)  # new arrays; the state points at them in one write
+            if old is not None and old in self.group:
+                del self.group[old]  # an orphan if this is cut short: swept at the next open
             if progress is not None:
                 progress(index + 1, len(todo))
 
@@ -167,13 +166,22 @@ class ObjectRasters:
                                     attributes={FORMAT: state})
         for leftover in path.rglob("*.partial"):  # a chunk write cut short by a kill
             leftover.unlink(missing_ok=True)
+        current: dict[str, Any] = dict(group.attrs[FORMAT])  # type: ignore[arg-type]
+        named = set(current["layers"].values())
+        for key in list(group.group_keys()):
+            if key not in named:  # a layer a cut-short rebuild left behind
+                del group[key]
         return group
 
     def _new_layer(self, name: str) -> str:
-        layers = dict(self._state["layers"])
-        key = f"layer{len(layers):03d}"
-        while key in self.group:
-            key += "_"
+        """Fresh arrays for layer `name`, drawn whole from the store. The state names them
+        and records their whole extent as pending in one write, so a kill at any point
+        leaves either the old layer or a new one that the next sync finishes drawing."""
+        index = 0
+        while f"layer{index:03d}" in self.group or f"layer{index:03d}" in self._state[
+                "layers"].values():
+            index += 1
+        key = f"layer{index:03d}"
         sub = self.group.create_group(key, attributes={"class_name": name})
         h, w = self.shape
         for k, d in enumerate(self.downsamples):
@@ -181,10 +189,14 @@ class ObjectRasters:
             sub.create_array(str(k), shape=lshape, dtype=self.dtype, fill_value=0,
                              chunks=(min(self.chunk, lshape[0]), min(self.chunk, lshape[1])),
                              dimension_names=("y", "x"), config={"write_empty_chunks": False})
-        layers[name] = key
-        self._save_state(layers=layers)
+        layers = {**self._state["layers"], name: key}
+        pending = {k: v for k, v in self._state.get("pending", {}).items() if k != name}
+        pending[name] = [[0, 0, w, h]]
+        self._save_state(layers=layers, pending=pending)
         if self.store.ids(classes=[name]):
-            self._draw_recorded({name: [(0, 0, w, h)]})
+            self.draw(name, [(0, 0, w, h)])
+        left = {k: v for k, v in self._state.get("pending", {}).items() if k != name}
+        self._save_state(pending=left)
         return key
 
     def _tiles(self, level: int, windows: Iterable[Window]) -> list[tuple[int, int, int, int]]:

@@ -176,25 +176,34 @@ def journal_mode_for(folder: Path, *, mounts: str | None = None) -> str:
 
 
 # -------------------------------------------------------------------------------- connections
-def connect(path: Path, *, read_only: bool, journal: str) -> sqlite3.Connection:
+def connect(path: Path, *, mode: str, journal: str, query_only: bool = False
+            ) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), shared across threads
-    under the store's lock."""
-    uri = f"{path.resolve().as_uri()}?mode={'ro' if read_only else 'rwc'}"
+    under the store's lock. mode: SQLite's "rwc" (create), "rw" or "ro". A read-only view of
+    a writable file uses "rw" with `query_only`, so that it can still roll back what a killed
+    writer left in a hot journal."""
+    uri = f"{path.resolve().as_uri()}?mode={mode}"
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
                                timeout=BUSY_TIMEOUT_MS / 1000)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        if read_only:
-            conn.execute("PRAGMA query_only = 1")
-        else:
-            mode = conn.execute(f"PRAGMA journal_mode = {journal}").fetchone()[0]
-            if mode.lower() != journal:
-                logger.info("%s: journal mode %s (asked for %s)", path, mode, journal)
+        if mode != "ro" and not query_only:
+            found = conn.execute(f"PRAGMA journal_mode = {journal}").fetchone()[0]
+            if found.lower() != journal:
+                logger.info("%s: journal mode %s (asked for %s)", path, found, journal)
             conn.execute("PRAGMA synchronous = " + ("NORMAL" if journal == "wal" else "FULL"))
+        if mode == "ro" or query_only:
+            conn.execute("PRAGMA query_only = 1")
         conn.execute("PRAGMA foreign_keys = OFF")
     except sqlite3.Error as error:
         raise translate(error, path, "open") from error
     return conn
+
+
+def hot_journal(path: Path) -> bool:
+    """True when a writer stopped mid-transaction in rollback mode and left its journal."""
+    journal = path.with_name(path.name + "-journal")
+    return journal.is_file() and journal.stat().st_size > 0
 
 
 def connect_immutable(path: Path) -> sqlite3.Connection:
@@ -208,10 +217,18 @@ def connect_immutable(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def create_schema(conn: sqlite3.Connection) -> None:
-    """The tables of a new store, in one transaction."""
-    conn.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA application_id = {APPLICATION_ID};"
-                       f"\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+def create_schema(conn: sqlite3.Connection, meta: dict[str, object]) -> None:
+    """The tables of a new store and the slide's meta, in one transaction."""
+    import json
+
+    with transaction(conn):
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
+                         [(k, json.dumps(v)) for k, v in meta.items()])
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def check_schema(conn: sqlite3.Connection, path: Path) -> None:

@@ -174,8 +174,10 @@ class Annotator:
             self.report(outcome.message, "error")
             return
         for name in outcome.touched:
+            existed = name in ui_layers.class_layers(self.viewer)
             layer = self._class_layer(name)
-            ui_layers.refresh(layer)
+            if existed:  # a layer just added reads the rasters itself; assigning its data
+                ui_layers.refresh(layer)  # before its first draw aborts napari 0.9
         if outcome.error and isinstance(outcome.request, BoxRequest):
             ui_layers.mark_shape(self.prompts, outcome.request.tag)
         if outcome.progress is not None:

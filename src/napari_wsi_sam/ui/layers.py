@@ -98,7 +98,7 @@ def show_class(viewer: napari.viewer.Viewer, session: AnnotationSession, class_n
     if existing is not None:
         return existing
     layer = viewer.add_labels(session.layer_levels(class_name), multiscale=True,
-                              name=class_layer_name(class_name), opacity=0.7,
+                              name=class_layer_name(class_name), opacity=0.9,
                               **aligned_with(slide_layer))
     layer.metadata[CLASS_KEY] = class_name
     layer.metadata[STORE_KEY] = str(session.store.path)

@@ -70,7 +70,7 @@ class WsiSamWidget(Container):
         self.annotator: Annotator | None = None
         self.last_crops: CropPair | None = None
         self._slide_layer = ComboBox(name="slide", label="Slide", choices=self._slide_layer_choices)
-        self._slide_info = Label(name="slide_info", value="")
+        self._slide_info = Label(name="slide_info", label="Size", value="")
         self._mpp = FloatSpinBox(name="mpp", label="µm/px", value=0.0, min=0.0, max=100.0,
                                  step=0.001,
                                  tooltip="Pixel size at full resolution, used only when the "
@@ -112,7 +112,7 @@ class WsiSamWidget(Container):
                                   value=True)
         self._show_fields = PushButton(text="Show crop fields")
         self._progress = ProgressBar(name="progress", value=0, min=0, max=1, visible=False)
-        self._status = Label(name="status_line",
+        self._status = Label(name="status_line", label="Status",
                              value="Draw a rectangle in the 'WSI-SAM prompts' layer.")
         self._status.native.setWordWrap(True)  # long messages wrap; the dock keeps its width
         super().__init__(widgets=[
