@@ -455,3 +455,33 @@ def test_paint_matches_the_rasteriser_for_small_and_large_objects():
         mask, _ = geometry_to_mask(geometry, (0, 0, 150, 100))
         expected[mask] = object_id
     np.testing.assert_array_equal(block, expected)
+
+
+def test_the_objects_command(sample_slide, tmp_path, capsys):
+    from napari_wsi_sam.annotations import AnnotationObject, write_geojson
+    from napari_wsi_sam.cli import main
+
+    ring = box(100, 100, 400, 400).difference(box(200, 200, 300, 300))
+    source = tmp_path / "qupath.geojson"
+    write_geojson([AnnotationObject(id=1, geometry=ring, class_name="DCIS",
+                                    color=(152, 78, 163)),
+                   AnnotationObject(id=2, geometry=box(150, 150, 180, 180))], source)
+    labels = ["--labels", str(tmp_path / "store")]
+    slide = str(sample_slide)
+    assert main(["objects", "import", slide, str(source), *labels]) == 0
+    assert "2 objects imported" in capsys.readouterr().out
+    assert main(["objects", "info", slide, *labels]) == 0
+    out = capsys.readouterr().out
+    assert "2 objects" in out and "DCIS\t#984ea3\t1" in out and "imported\t" in out
+    assert main(["objects", "export", slide, "--out", str(tmp_path / "o.geojson"),
+                 "--classes", "DCIS", *labels]) == 0
+    (exported,) = read_geojson(tmp_path / "o.geojson").objects
+    assert exported.geometry.equals(ring)
+    assert main(["objects", "check", slide, *labels]) == 0
+    assert main(["objects", "rebuild", slide, *labels]) == 0
+    assert "drew 2 class layers" in capsys.readouterr().out
+    with ObjectStore.open(tmp_path / "store" / "objects.sqlite") as store:
+        store.delete([2])
+    assert main(["objects", "purge", slide, *labels]) == 0
+    assert "1 deleted objects removed" in capsys.readouterr().out
+    assert main(["objects", "import", slide, str(tmp_path / "none.geojson"), *labels]) == 2

@@ -18,6 +18,7 @@ import socket
 import stat
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +32,18 @@ _HOST = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest(
 """This machine, in temp file names: a process id only says something on its own host."""
 
 
-def write_text_atomic(target: Path, text: str) -> Path:
-    """Write ``text`` beside ``target`` and move it in place: the file is complete or absent.
-    Temp files that killed writes of ``target`` left behind are removed afterwards."""
+def write_text_atomic(target: Path, text: str | Iterable[str]) -> Path:
+    """Write ``text`` (a string, or pieces written as they come, so a large export need not
+    be held in memory) beside ``target`` and move it in place: the file is complete or
+    absent. Temp files that killed writes of ``target`` left behind are removed afterwards."""
     target = Path(target)
     tmp = _folder(target) / f".{target.name}.{os.getpid()}-{_HOST}.{secrets.token_hex(4)}.part"
     # os.open with 0o666 honours the umask, as any other file the user makes (mkstemp: 0600)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+            for piece in [text] if isinstance(text, str) else text:
+                fh.write(piece)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,12 +108,19 @@ def write_geojson(objects: Iterable[AnnotationObject], path: str | os.PathLike[s
     Returns the path written.
     """
     target = Path(path)
-    features = [_feature(obj, mpp=mpp) for obj in objects]
-    lines = ",\n".join(json.dumps(f, ensure_ascii=False, separators=(",", ":"))
-                       for f in features)
-    text = '{"type":"FeatureCollection","features":[\n' + lines + "\n]}\n"
-    write_text_atomic(target, text)
-    logger.info("wrote %d objects to %s", len(features), target)
+    count = 0
+
+    def pieces() -> Iterator[str]:  # one Feature at a time: memory stays flat
+        nonlocal count
+        yield '{"type":"FeatureCollection","features":[\n'
+        for obj in objects:
+            line = json.dumps(_feature(obj, mpp=mpp), ensure_ascii=False, separators=(",", ":"))
+            yield (",\n" if count else "") + line
+            count += 1
+        yield "\n]}\n"
+
+    write_text_atomic(target, pieces())
+    logger.info("wrote %d objects to %s", count, target)
     return target
 
 

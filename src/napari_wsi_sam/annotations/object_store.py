@@ -54,6 +54,9 @@ from .store_records import (
 
 logger = logging.getLogger(__name__)
 
+QUICK_CHECK_BYTES = 64 * 2**20
+"""Stores smaller than this are checked at every open (about 0.1 s per 100,000 objects)."""
+
 class ObjectStore:
     """The objects of one slide in ``<folder>/objects.sqlite``; make one with `create`,
     `open` or `for_slide` (`store_files`), close it with `close` (or ``with``)."""
@@ -106,13 +109,19 @@ class ObjectStore:
 
     @classmethod
     def open(cls, path: Path, *, writer: str | None = None, read_only: bool = False,
-             check: bool = True) -> ObjectStore:
+             check: bool | None = None) -> ObjectStore:
         """Open an existing store; read-only when asked, or when the file or its folder cannot
         be written (then `read_only` is True and every change raises a one-line StoreError).
-        check: run SQLite's quick integrity check (a damaged file is reported, never reset)."""
+        check: run SQLite's quick integrity check (a damaged file is reported, never reset);
+        by default when the file is under `QUICK_CHECK_BYTES` or was not closed cleanly (a
+        WAL or a journal is beside it). Damage found later, while reading, is reported the
+        same way; ``napari-wsi-sam objects check`` runs the full check."""
         path = Path(path)
         if not path.is_file():
             raise StoreError(f"{path} does not exist")
+        if check is None:
+            left = any(path.with_name(path.name + s).is_file() for s in ("-wal", "-journal"))
+            check = left or path.stat().st_size < QUICK_CHECK_BYTES
         writable = _writable(path)
         journal = schema.journal_mode_for(path.parent)
         if writable:
@@ -305,6 +314,15 @@ class ObjectStore:
                     out[int(vid)] = (name, (x0, y0, x1, y1))
         return out
 
+    def integrity_check(self) -> None:
+        """SQLite's full integrity check (slower than the quick one at open); one line when
+        the file is damaged."""
+        with self._lock:
+            result = [r[0] for r in self._conn.execute("PRAGMA integrity_check")]
+        if result != ["ok"]:
+            raise StoreError(f"{self.path} is damaged: {'; '.join(result[:3])}; it was left "
+                             "untouched")
+
     # ----------------------------------------------------------------- watching
     def last_seq(self) -> int:
         with self._lock:
@@ -358,7 +376,7 @@ class ObjectStore:
                     "VALUES (?, 0, 0, ?, ?)", (item.id, item.created or now, item.resume_key))
                 object_id = int(cursor.lastrowid)  # type: ignore[arg-type]
                 vid = changes.insert_version(conn, object_id, 1, op, item, geometry, now)
-                changes.set_state(conn, object_id, vid, deleted=False)
+                changes.set_state(conn, object_id, vid, deleted=False, geometry=geometry)
                 changes.log_change(conn, self.writer, object_id, op, (None, True),
                                    (vid, False), group, now)
                 ids.append(object_id)
@@ -377,7 +395,7 @@ class ObjectStore:
             number = current["number"] + 1
             now = time.time()
             vid = changes.insert_version(conn, object_id, number, "refine", item, geom, now)
-            changes.set_state(conn, object_id, vid, deleted=False)
+            changes.set_state(conn, object_id, vid, deleted=False, geometry=geom)
             changes.log_change(conn, self.writer, object_id, "refine", (current["vid"], False),
                                (vid, False), group or self.new_group(), now)
         return number

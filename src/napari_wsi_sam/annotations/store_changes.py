@@ -38,9 +38,10 @@ def insert_version(conn: sqlite3.Connection, object_id: int, number: int, op: st
     return int(cursor.lastrowid)  # type: ignore[arg-type]
 
 
-def set_state(conn: sqlite3.Connection, object_id: int, vid: int, *, deleted: bool) -> None:
+def set_state(conn: sqlite3.Connection, object_id: int, vid: int, *, deleted: bool,
+              geometry: Areal | None = None) -> None:
     """Point the object at version `vid` (live or deleted); keep the index and the hierarchy
-    right."""
+    right. geometry: that version's, when the caller has it (saves reading it back)."""
     conn.execute("UPDATE objects SET current = ?, deleted = ? WHERE id = ?",
                  (vid, int(deleted), object_id))
     conn.execute("DELETE FROM live_bounds WHERE id = ?", (object_id,))
@@ -49,7 +50,9 @@ def set_state(conn: sqlite3.Connection, object_id: int, vid: int, *, deleted: bo
         return
     conn.execute("INSERT INTO live_bounds (id, x0, x1, y0, y1) SELECT object_id, x0, x1, y0, "
                  "y1 FROM versions WHERE vid = ?", (vid,))
-    hierarchy.on_live(conn, object_id)
+    known = None if geometry is None else (geometry, float(geometry.area),
+                                           schema.pixel_bounds(geometry))
+    hierarchy.on_live(conn, object_id, known)
 
 
 def log_change(conn: sqlite3.Connection, writer: str, object_id: int, op: str,

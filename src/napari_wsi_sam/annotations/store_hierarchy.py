@@ -25,7 +25,7 @@ def rank(area: float, object_id: int) -> Rank:
     return float(area), -int(object_id)
 
 
-def _current(conn: sqlite3.Connection, object_id: int) -> tuple[Areal, float, tuple] | None:
+def _current(conn: sqlite3.Connection, object_id: int) -> Current | None:
     row = conn.execute(
         "SELECT v.geometry, v.area, v.x0, v.y0, v.x1, v.y1 FROM objects o JOIN versions v "
         "ON v.vid = o.current WHERE o.id = ? AND o.deleted = 0", (object_id,)).fetchone()
@@ -34,9 +34,15 @@ def _current(conn: sqlite3.Connection, object_id: int) -> tuple[Areal, float, tu
     return unpack_geometry(row[0]), float(row[1]), tuple(row[2:])
 
 
-def best_container(conn: sqlite3.Connection, object_id: int) -> int | None:
-    """The smallest-ranked live object that covers `object_id` and ranks above it."""
-    here = _current(conn, object_id)
+Current = tuple[Areal, float, tuple]
+"""An object's current geometry, area and bounds (x0, y0, x1, y1)."""
+
+
+def best_container(conn: sqlite3.Connection, object_id: int, here: Current | None = None
+                   ) -> int | None:
+    """The smallest-ranked live object that covers `object_id` and ranks above it (`here`:
+    its current geometry, area and bounds when the caller has them)."""
+    here = here or _current(conn, object_id)
     if here is None:
         return None
     geometry, area, (x0, y0, x1, y1) = here
@@ -61,13 +67,14 @@ def children(conn: sqlite3.Connection, object_id: int) -> list[int]:
         "SELECT id FROM objects WHERE parent = ? AND deleted = 0", (object_id,))]
 
 
-def on_live(conn: sqlite3.Connection, object_id: int) -> None:
+def on_live(conn: sqlite3.Connection, object_id: int, here: Current | None = None) -> None:
     """`object_id` is live with (maybe new) geometry: find its parent, re-check the objects it
-    was parent of, and adopt the smaller objects it now covers better than their parent."""
-    _set_parent(conn, object_id, best_container(conn, object_id))
+    was parent of, and adopt the smaller objects it now covers better than their parent.
+    here: its geometry, area and bounds, when the caller has them (a bulk insert)."""
+    here = here or _current(conn, object_id)
+    _set_parent(conn, object_id, best_container(conn, object_id, here))
     for child in children(conn, object_id):
         _set_parent(conn, child, best_container(conn, child))
-    here = _current(conn, object_id)
     if here is None:  # pragma: no cover - the caller made it live
         return
     geometry, area, (x0, y0, x1, y1) = here

@@ -90,6 +90,7 @@ CREATE TABLE changes (
     undo_state INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX changes_writer ON changes (writer, undo_state, seq);
+CREATE INDEX changes_group ON changes (group_id, writer, undo_state);
 """
 
 DONE, UNDONE, FINAL = 0, 1, 2

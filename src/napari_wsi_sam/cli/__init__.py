@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import WsiSamError
-from . import data, demo, evaluate, heads, segment, slide, train, view, weights
+from . import data, demo, evaluate, heads, objects, segment, slide, train, view, weights
 
-COMMAND_MODULES = [data, slide, demo, segment, train, evaluate, heads, view, weights]
+COMMAND_MODULES = [data, slide, demo, segment, objects, train, evaluate, heads, view, weights]
 
 
 def build_parser() -> argparse.ArgumentParser:

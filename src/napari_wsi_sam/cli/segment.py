@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import AnnotationError, PromptError
+from ..errors import AnnotationError, PromptError, StoreError
 from ..model.registry import MODEL_NAMES
 from ..prompts import Prompt
 
@@ -121,6 +121,9 @@ def _segment(args: argparse.Namespace) -> int:
     with open_slide(args.slide, mpp=args.mpp) as slide:
         mpp = slide.require_mpp()
         with open_store(slide, folder=args.labels) as store:
+            if store.read_only:  # say so before the model loads, not after it ran
+                raise StoreError(f"{store.path} is read-only: choose a folder you can write "
+                                 "to with --labels DIR")
             _class_colors(store, items, args)
             predictor = build_predictor(choice, device=args.device)
             ids = _run_batch(slide, items, predictor, store=store, args=args, mpp=mpp,

@@ -85,9 +85,16 @@ def export_geojson(store: ObjectStore, path: Path, *, mpp: tuple[float, float] |
     """Write live objects (all by default) to `path` as QuPath GeoJSON in level-0 pixels,
     atomically; `mpp` (x, y) µm/px adds areas in µm² (default: the store's). Returns the
     number written."""
-    objects = list(store_to_objects(store, ids=ids, classes=classes))
-    write_geojson(objects, path, mpp=mpp if mpp is not None else store.mpp)
-    return len(objects)
+    count = 0
+
+    def counted() -> Iterator[AnnotationObject]:
+        nonlocal count
+        for obj in store_to_objects(store, ids=ids, classes=classes):
+            count += 1
+            yield obj
+
+    write_geojson(counted(), path, mpp=mpp if mpp is not None else store.mpp)
+    return count
 
 
 def import_geojson(store: ObjectStore, path: Path, *, default_class: str = "imported",

@@ -1,0 +1,120 @@
+"""``napari-wsi-sam objects``: a slide's object store without napari.
+
+``info`` says where the store is, how many objects of each class it holds and how it is kept;
+``import`` stores every outline of a GeoJSON file as an object (holes and parts kept);
+``export`` writes every live object as QuPath GeoJSON; ``check`` runs SQLite's full integrity
+check; ``purge`` removes deleted objects for good; ``rebuild`` draws the label pyramids again.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("objects", help="a slide's object store: info, import, "
+                                                   "export, check, purge, rebuild")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, text: str) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, help=text)
+        sub.add_argument("slide", type=Path, help="slide file")
+        sub.add_argument("--labels", type=Path, default=None, metavar="DIR",
+                         help="object store folder (default: <slide stem>.wsi-sam/ beside it)")
+        sub.add_argument("--mpp", type=float, default=None,
+                         help="µm/px of the slide, when it does not record one")
+        return sub
+
+    verb("info", "where the store is and what it holds").set_defaults(func=_info)
+    imp = verb("import", "store every Polygon/MultiPolygon of a GeoJSON file as an object")
+    imp.add_argument("geojson", type=Path, help="QuPath GeoJSON file")
+    imp.add_argument("--class", dest="class_name", default="imported",
+                     help="class of features without one (default: imported)")
+    imp.set_defaults(func=_import)
+    exp = verb("export", "every live object to QuPath GeoJSON")
+    exp.add_argument("--out", type=Path, required=True, metavar="OUT.geojson")
+    exp.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
+                     help="only objects of these classes")
+    exp.set_defaults(func=_export)
+    verb("check", "SQLite's full integrity check").set_defaults(func=_check)
+    verb("purge", "remove deleted objects and their versions for good").set_defaults(
+        func=_purge)
+    verb("rebuild", "draw every class's label pyramid again from the objects").set_defaults(
+        func=_rebuild)
+
+
+def _open(args: argparse.Namespace) -> tuple:
+    from ..annotations.store_files import open_store
+    from ..slide import open_slide
+
+    slide = open_slide(args.slide, mpp=args.mpp)
+    return slide, open_store(slide, folder=args.labels)
+
+
+def _info(args: argparse.Namespace) -> int:
+    slide, store = _open(args)
+    with slide, store:
+        counts: dict[str, int] = {}
+        for obj in store.iter_live():
+            counts[obj.class_name] = counts.get(obj.class_name, 0) + 1
+        mode = "read-only" if store.read_only else f"journal {store.journal}"
+        print(f"{store.path} ({mode}): {store.count()} objects, "
+              f"{store.count(deleted=True)} deleted (recoverable), {store.last_seq()} changes")
+        for name, color in store.classes().items():
+            print(f"  {name}\t{color}\t{counts.get(name, 0)}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..errors import AnnotationError
+    from ..pipeline.objects import import_geojson
+
+    if not args.geojson.is_file():
+        raise AnnotationError(f"GeoJSON file {args.geojson} does not exist")
+    slide, store = _open(args)
+    with slide, store:
+        ids, skipped = import_geojson(store, args.geojson, default_class=args.class_name)
+        for line in skipped:
+            print(f"napari-wsi-sam: skipped {line}", file=sys.stderr)
+        print(f"{len(ids)} objects imported into {store.path}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..pipeline.objects import export_geojson
+
+    slide, store = _open(args)
+    with slide, store:
+        count = export_geojson(store, args.out, mpp=slide.mpp, classes=args.classes)
+    print(f"{count} objects written to {args.out}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    slide, store = _open(args)
+    with slide, store:
+        store.integrity_check()
+    print(f"{store.path}: ok")
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    slide, store = _open(args)
+    with slide, store:
+        print(f"{store.purge()} deleted objects removed from {store.path}")
+    return 0
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    from ..annotations.rendering import ObjectRasters
+
+    slide, store = _open(args)
+    with slide, store:
+        w, h = slide.dimensions
+        rasters = ObjectRasters(store, shape=(h, w), downsamples=slide.downsamples)
+        rasters.rebuild(store.classes())
+        print(f"drew {len(store.classes())} class layers in {rasters.folder}")
+    return 0
