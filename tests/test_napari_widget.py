@@ -347,3 +347,52 @@ def test_ellipse_shapes_give_elliptic_mask_prompts(make_napari_viewer, slide_cop
     (item,) = shapes_to_items(layer, slide_layer, with_masks=True)
     mask, _ = item.mask
     assert abs(mask.sum() - np.pi * 100 * 50) / (np.pi * 100 * 50) < 0.02
+
+
+@pytest.mark.slow
+def test_train_a_head_from_the_objects_while_annotating(make_napari_viewer, qtbot, tmp_path,
+                                                        monkeypatch, asset_path):
+    """Train head: from the slide's nucleus objects at 40x, measured held out against SAM,
+    while a prompt drawn meanwhile is segmented; then Use this head."""
+    import tifffile
+    from PIL import Image
+
+    from napari_wsi_sam.paths import HOME_ENV
+    from napari_wsi_sam.train.datasets import load_data
+
+    monkeypatch.setenv("NAPARI_WSI_SAM_WEIGHTS", str(asset_path("mobile_sam.pt").parent))
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "cache"))  # no installed heads
+    (nest,) = load_data("builtin:hgsc_nest")
+    pixels = np.asarray(Image.open(nest.image).convert("RGB"))
+    slide = tmp_path / "nest.tif"  # the image as a slide: 0.5 µm/px in its resolution tags
+    tifffile.imwrite(slide, pixels, resolution=(2e4, 2e4), resolutionunit="CENTIMETER",
+                     tile=(256, 256))
+    nuclei = tmp_path / "nuclei.geojson"
+    order = np.random.default_rng(0).permutation(len(nest.objects))[:60]
+    write_geojson([AnnotationObject(id=int(i) + 1, geometry=nest.objects[i].geometry,
+                                    class_name="nucleus") for i in order], nuclei)
+    viewer, widget = open_annotator(make_napari_viewer, slide)
+    widget.import_geojson(nuclei)
+    wait_idle(widget, qtbot)
+    assert widget.session.store.count() == 60
+    widget.magnification.value = 0.25
+    panel = widget.training
+    panel.classes.reset_choices()
+    panel.classes.value = ["nucleus"]
+    panel.epochs.value = 1
+    panel.start()
+    assert panel.busy and not panel.bar.native.isHidden()
+    widget.class_name.value = "tumour"
+    draw_box(viewer, (600.0, 600.0, 700.0, 700.0))  # annotating goes on meanwhile
+    wait_idle(widget, qtbot)
+    assert widget.session.store.count() == 61
+    qtbot.waitUntil(lambda: not panel.busy, timeout=900_000)
+    text = panel.result.value
+    assert "held out" in text and "box: head" in text and "points:3: head" in text, text
+    assert panel.use_button.enabled
+    panel.use()
+    choice = widget.models.choice()
+    assert choice.head is not None and choice.head.source == "installed"
+    assert choice.label == "wsi-sam · nucleus · 40x" and widget.session.choice.spec == choice.spec
+    assert choice.head.settings.heldout["hr_mpp"] == 0.25
+    assert widget.session.store.count() == 61  # training changed nothing of the store

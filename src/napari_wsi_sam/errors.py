@@ -54,3 +54,7 @@ class UsageError(WsiSamError, ValueError):
 
 class TrainingError(WsiSamError, ValueError):
     """Training cannot start or go on: bad settings, no usable objects, a foreign checkpoint."""
+
+
+class TrainingCancelled(TrainingError):
+    """The user stopped a training run; nothing it made is used."""

@@ -16,8 +16,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "encoder outputs on disk, and train WSI-SAM's head with noisy box, point "
                     "and mask prompts (see docs/training.md).")
     parser.add_argument("--data", action="append", required=True, metavar="SPEC",
-                        help="builtin:hgsc_nest, IMAGE=ANNOTATIONS (GeoJSON, ASAP .xml, COCO "
-                             ".json, .parquet, instance mask), or a manifest .json; repeatable")
+                        help="SLIDE (the objects of its object store, as annotated in the "
+                             "widget), builtin:hgsc_nest, IMAGE=ANNOTATIONS (GeoJSON, ASAP "
+                             ".xml, COCO .json, .parquet, instance mask, a store folder), or a "
+                             "manifest .json; repeatable")
+    parser.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
+                        help="train on the objects of these classes only (default: all)")
     parser.add_argument("--out", type=Path, required=True, help="folder for checkpoints and logs")
     parser.add_argument("--mode", choices=["wsi-sam", "sam-decoder"], default="wsi-sam",
                         help="wsi-sam: the new head; sam-decoder: fine-tune SAM's decoder (SAM*)")
@@ -43,6 +47,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--features", type=Path, default=None,
                         help="feature cache folder (default: the package cache)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--heldout", type=float, default=None, metavar="FRACTION",
+                        help="hold out about this fraction of the objects by spatial blocks, "
+                             "measure the head against SAM on them (boxes, 3 points) and write "
+                             "the result into the head (wsi-sam mode)")
+    parser.add_argument("--init-head", type=Path, default=None, metavar="HEAD.pt",
+                        help="start from this head's weights (go on learning with new objects)")
+    parser.add_argument("--install", default=None, metavar="NAME",
+                        help="install the head into the model registry under NAME; with "
+                             "--heldout it becomes the default at its magnification if it "
+                             "beat SAM")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=_train)
 
@@ -54,7 +68,7 @@ def _train(args: argparse.Namespace) -> int:
     from ..train.datasets import load_data
     from ..train.trainer import TrainConfig, train
 
-    data = load_data(args.data, mpp=args.mpp)
+    data = load_data(args.data, mpp=args.mpp, classes=args.classes)
     head = HeadSettings(config=HeadConfig(aggregation=args.aggregation), lam=args.lam,
                         hr_mpp=args.hr_mpp, lr_factor=args.lr_factor)
     config = TrainConfig(mode=args.mode, head=head, epochs=args.epochs,
@@ -62,6 +76,8 @@ def _train(args: argparse.Namespace) -> int:
                          objects_per_view=args.objects_per_view, batch=args.batch, lr=args.lr,
                          weight_decay=args.weight_decay, seed=args.seed,
                          data=", ".join(args.data))
+    if args.heldout is not None or args.install is not None or args.init_head is not None:
+        return _own_head(args, data, config)
     result = train(data, config, args.out, resume=args.resume, device=args.device,
                    feature_dir=args.features, progress=cli_progress(args.no_progress))
     summary = {"model": str(result.model_path), "log": str(result.log_path),
@@ -71,6 +87,42 @@ def _train(args: argparse.Namespace) -> int:
                "seconds": round(result.seconds, 1),
                "final_epoch_loss": _last_epoch_mean(result.history)}
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _own_head(args: argparse.Namespace, data: list, config) -> int:
+    """A head measured on held-out objects (and installed when asked), as the widget does."""
+    import sys
+
+    from ..errors import TrainingError
+    from ..model.registry import install_head
+    from ..train.own_head import HELDOUT_FRACTION, plan_head, train_and_measure
+
+    if args.mode != "wsi-sam":
+        raise TrainingError("--heldout, --init-head and --install train WSI-SAM heads; drop "
+                            "--mode sam-decoder")
+    fraction = args.heldout if args.heldout is not None else HELDOUT_FRACTION
+    plan = plan_head(data, hr_mpp=args.hr_mpp, heldout_fraction=fraction, seed=args.seed)
+    print(f"napari-wsi-sam: {plan.describe()}", file=sys.stderr)
+
+    def report(step) -> None:
+        if not args.no_progress:
+            print(f"\repoch {step.epoch}/{step.epochs}, step {step.step}/{step.steps}, loss "
+                  f"{step.loss:.3f}, about {step.seconds_left / 60:.1f} min left", end="",
+                  file=sys.stderr, flush=True)
+
+    trained = train_and_measure(plan, args.out, config=config, device=args.device,
+                                init_head=args.init_head, on_step=report,
+                                feature_dir=args.features, seed=args.seed,
+                                structure=", ".join(plan.classes))
+    print(file=sys.stderr)
+    summary = {"model": str(trained.path), "beats_sam": trained.beats_sam,
+               "heldout": trained.evidence["per_prompt"], "trained_on": plan.describe()}
+    if args.install:
+        head = install_head(trained.path, name=args.install)
+        summary["installed"] = f"{head.name} ({head.label})"
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    print(f"napari-wsi-sam: {trained.summary()}", file=sys.stderr)
     return 0
 
 

@@ -49,6 +49,7 @@ class HeadSettings:
     segments, in a word ("nuclei", "glands"), shown in model lists. classes: the annotation
     classes it learnt from. training_data: free text (data, split, epochs). heldout: its
     measured held-out comparison with SAM (`evaluation.decision.decide`), or None.
+    trained_objects: image name -> the ids of the objects it trained on, when known.
     """
 
     config: HeadConfig = field(default_factory=HeadConfig)
@@ -61,6 +62,7 @@ class HeadSettings:
     classes: tuple[str, ...] = ()
     training_data: str = ""
     heldout: dict[str, Any] | None = None
+    trained_objects: dict[str, list[int]] | None = None
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
 

@@ -118,12 +118,19 @@ class AnnotationSession:
         """The predictor of the current model and device, loaded once (MobileSAM shared)."""
         key = (self.choice.spec, self.device)
         if key not in self._predictors:
-            parts = {"mobile_sam": self._mobile} if self._mobile is not None else None
-            predictor = build_predictor(self.choice, device=self.device, parts=parts)
-            if self._mobile is None and self.choice.model in ("sam", "wsi-sam"):
-                self._mobile = predictor.parts("mobile_sam")
-            self._predictors[key] = predictor
+            parts = ({"mobile_sam": self.mobile_parts()}
+                     if self.choice.base.weights == "mobile_sam" else None)
+            self._predictors[key] = build_predictor(self.choice, device=self.device,
+                                                    parts=parts)
         return self._predictors[key]
+
+    def mobile_parts(self) -> Any:
+        """MobileSAM's frozen parts, loaded once and shared by every predictor and training."""
+        if self._mobile is None:
+            from ..model.sam import load_sam
+
+            self._mobile = load_sam("mobile_sam", device="cpu")
+        return self._mobile
 
     def provenance(self) -> Provenance:
         return Provenance.of(self.choice, hr_mpp=self.hr_mpp, threshold=self.threshold)

@@ -4,9 +4,13 @@
 
 - ``builtin:hgsc_nest`` / ``builtin:hgsc_stromal``: the histolytics H&E images with their
   nucleus masks (fetched from PyPI like the rest of the sample data);
+- ``SLIDE``: a slide (or image) whose objects are in its object store: the objects annotated
+  in the widget or with ``segment``, read from ``<slide stem>.wsi-sam/`` beside it (or the
+  cache), never changed;
 - ``IMAGE=ANNOTATIONS``: a slide and its annotations, the format told by the file:
-  QuPath GeoJSON, ASAP XML (CAMELYON16), COCO JSON (CATCH), GeoParquet, or an instance mask
-  (.npz, .npy, .png, .tif); a label image's pixels must match the image's;
+  QuPath GeoJSON, ASAP XML (CAMELYON16), COCO JSON (CATCH), GeoParquet, an instance mask
+  (.npz, .npy, .png, .tif; a label image's pixels must match the image's), or an object store
+  (its folder or its ``objects.sqlite``);
 - a manifest ``.json``: ``{"name": ..., "items": [{"image": ..., "annotations": ..., "mpp":
   ..., "key": ...}]}`` or ``{"name": ..., "coco": FILE, "images_dir": DIR}`` for a whole COCO
   set (every image of the file found in DIR).
@@ -77,19 +81,36 @@ BUILTIN = {"hgsc_nest": _builtin_nest, "hgsc_stromal": _builtin_stromal}
 """Data sets from PyPI packages: name -> loader. hgsc_stromal is the held-out test set."""
 
 
-def load_data(specs: str | Iterable[str], *, mpp: float | None = None) -> list[AnnotatedImage]:
-    """Every annotated image named by `specs` (see the module docstring).
+def load_data(specs: str | Iterable[str], *, mpp: float | None = None,
+              classes: Iterable[str] | None = None) -> list[AnnotatedImage]:
+    """Every annotated image named by `specs` (see the module docstring), keeping only the
+    objects of `classes` when given.
 
     Raises AnnotationError (one line) for an unknown name, a missing file or an unreadable
-    annotation file, and when no object is found at all.
+    annotation file, a class no image has, and when no object is found at all.
     """
     images: list[AnnotatedImage] = []
     for spec in [specs] if isinstance(specs, str) else list(specs):
         images.extend(_load_one(spec.strip(), mpp=mpp))
+    if classes is not None:
+        images = _only(images, list(classes))
     if not images or not any(image.objects for image in images):
         raise AnnotationError(f"no annotated objects in {specs!r}; check the annotation files "
                               "(polygons in level-0 pixels) or use builtin:hgsc_nest")
     return images
+
+
+def _only(images: list[AnnotatedImage], classes: list[str]) -> list[AnnotatedImage]:
+    """The images with only the objects of `classes`; a class no image has is an error."""
+    found = {o.class_name for image in images for o in image.objects}
+    missing = [c for c in classes if c not in found]
+    if missing:
+        known = ", ".join(sorted(str(c) for c in found if c)) or "none"
+        raise AnnotationError(f"no object of class {', '.join(map(repr, missing))} in the data; "
+                              f"its classes are: {known}")
+    return [AnnotatedImage(i.dataset, i.image, tuple(o for o in i.objects
+                                                     if o.class_name in classes), i.mpp)
+            for i in images]
 
 
 def _load_one(spec: str, *, mpp: float | None) -> list[AnnotatedImage]:
@@ -107,9 +128,31 @@ def _load_one(spec: str, *, mpp: float | None) -> list[AnnotatedImage]:
                                tuple(read_objects(Path(annotations), image=image_path)), mpp)]
     path = _existing(Path(spec), "data manifest")
     if path.suffix.lower() != ".json":
-        raise AnnotationError(f"--data {spec!r}: give builtin:NAME, IMAGE=ANNOTATIONS or a "
-                              "manifest .json")
+        return [_from_store(path, None, mpp=mpp)]
     return _manifest(path, mpp=mpp)
+
+
+def _from_store(image: Path, store: Path | None, *, mpp: float | None) -> AnnotatedImage:
+    """A slide with the live objects of its object store (read-only: training changes
+    nothing of it)."""
+    from ..annotations.store_files import default_folder
+    from ..annotations.store_schema import DB_NAME
+    from ..pipeline.objects import store_to_objects
+
+    if store is None:
+        store = default_folder(image) / DB_NAME
+    elif store.is_dir():
+        store = store / DB_NAME
+    if not store.is_file():
+        raise AnnotationError(f"{image.name} has no object store ({store} does not exist); "
+                              "annotate it first, or give IMAGE=ANNOTATIONS")
+    from ..annotations.object_store import ObjectStore
+
+    with ObjectStore.open(store, read_only=True) as opened:
+        objects = tuple(store_to_objects(opened))
+        slide_mpp = opened.mpp
+    use_mpp = mpp if mpp is not None else (None if slide_mpp is None else slide_mpp[0])
+    return AnnotatedImage(image.stem, image, objects, use_mpp)
 
 
 def _with_mpp(image: AnnotatedImage, mpp: float) -> AnnotatedImage:
@@ -122,6 +165,8 @@ def read_objects(path: Path, *, image: Path, key: str | None = None) -> list[Ann
 
     path = _existing(path, "annotation file")
     suffix = path.suffix.lower()
+    if path.is_dir() or suffix == ".sqlite":
+        return list(_from_store(image, path, mpp=None).objects)
     if suffix == ".xml":
         return _kept(ann.read_asap_xml(path), path)
     if suffix == ".parquet":

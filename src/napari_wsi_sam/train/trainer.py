@@ -21,6 +21,7 @@ import logging
 import pickle
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..errors import TrainingError
+from ..errors import TrainingCancelled, TrainingError
 from ..model.decoder_checkpoint import save_sam_decoder
 from ..model.device import encoder_dtype, resolve_device
 from ..model.encoder import EncoderOutput
@@ -205,6 +206,18 @@ class Trainable:
         self.model.to(device)
         self.trained.train()
 
+    def start_from(self, path: Path) -> None:
+        """Begin from a trained head's weights (continue learning with new objects)."""
+        from ..model.head_checkpoint import load_head
+
+        if self.config.mode != "wsi-sam":
+            raise TrainingError("only a WSI-SAM head can continue from a head file")
+        loaded = load_head(path)
+        if loaded.settings.config != self.config.head.config:
+            raise TrainingError(f"{path} is a {loaded.settings.config.aggregation} head; this run "
+                                f"trains a {self.config.head.config.aggregation} one")
+        self.trained.load_state_dict(loaded.head.state_dict())
+
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.trained.parameters() if p.requires_grad]
 
@@ -245,14 +258,33 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 
 # ------------------------------------------------------------------------- the loop
+@dataclass(frozen=True)
+class StepReport:
+    """After each optimiser step: where the run is, its loss, and the time it expects to
+    need for the rest (from the mean step time so far)."""
+
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    loss: float
+    seconds_left: float
+
+
 def train(data: list[AnnotatedImage], config: TrainConfig, out: Path, *,
           resume: bool = False, device: str = "auto", feature_dir: Path | None = None,
           progress: Progress = no_progress, parts: SamParts | None = None,
-          max_steps: int | None = None) -> TrainResult:
+          max_steps: int | None = None, init_head: Path | None = None,
+          on_step: Callable[[StepReport], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Train per `config` on `data`, writing checkpoints, the log and the plot into `out`.
 
     resume: continue from ``out/last.pt`` (same config required). max_steps: stop after this
     many optimiser steps in total (benchmarks and tests), saving as at an epoch's end.
+    init_head: start from this head's weights (a head file of the same `HeadConfig`), e.g.
+    to go on learning when new objects arrive. on_step: called after every step.
+    should_stop: checked before every step; when it says so, `TrainingCancelled` is raised
+    (the files of epochs already finished stay in `out`; nothing is installed anywhere).
     """
     config.check()
     out = Path(out)
@@ -270,6 +302,8 @@ def train(data: list[AnnotatedImage], config: TrainConfig, out: Path, *,
 
     torch.manual_seed(config.seed)
     trainable = Trainable(config, mobile, torch_device)
+    if init_head is not None:
+        trainable.start_from(init_head)
     optimiser = torch.optim.AdamW(trainable.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     history: list[dict[str, Any]] = []
@@ -284,6 +318,10 @@ def train(data: list[AnnotatedImage], config: TrainConfig, out: Path, *,
     classes = sorted({o.class_name for image in data for o in image.objects if o.class_name})
     settings = {"training_data": _describe(config, data), "config": asdict(config),
                 "classes": classes}
+    per_epoch = _steps_per_epoch(prepared, config)
+    total = per_epoch * config.epochs if max_steps is None else min(max_steps,
+                                                                    per_epoch * config.epochs)
+    loop_started, loop_steps = time.perf_counter(), 0
     for epoch in range(first_epoch, config.epochs):
         rng = np.random.default_rng([config.seed, 1000 + epoch])
         order = rng.permutation(len(prepared))
@@ -298,11 +336,19 @@ def train(data: list[AnnotatedImage], config: TrainConfig, out: Path, *,
             if max_steps is not None and steps >= max_steps:
                 stopped = True
                 break
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled("training was cancelled; the head in use stays as it "
+                                        "was")
             row = _step(trainable, optimiser, view, objects, rng, config, torch_device)
             steps += 1
+            loop_steps += 1
             row.update(epoch=epoch + 1, step=steps)
             history.append(row)
             _append_log(log_path, row)
+            if on_step is not None:
+                mean = (time.perf_counter() - loop_started) / loop_steps
+                on_step(StepReport(epoch + 1, config.epochs, steps, total, row["loss"],
+                                   mean * max(0, total - steps)))
         _save_state(out, epoch + 1, config, trainable, optimiser, history)
         trainable.save(out / trainable.model_file, settings)
         plot_losses(history, out / "loss.png")
@@ -313,6 +359,12 @@ def train(data: list[AnnotatedImage], config: TrainConfig, out: Path, *,
                        steps=steps, seconds=time.perf_counter() - start_time,
                        views=len(prepared), objects=n_objects, cache_misses=cache.misses,
                        history=history)
+
+
+def _steps_per_epoch(prepared: list[PreparedView], config: TrainConfig) -> int:
+    """Optimiser steps of one epoch: each view's objects (up to objects_per_view), batched."""
+    return sum(-(-min(len(p.objects), config.objects_per_view) // config.batch)
+               for p in prepared)
 
 
 def _step(trainable: Trainable, optimiser: torch.optim.Optimizer, view: PreparedView,

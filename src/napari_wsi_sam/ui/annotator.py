@@ -55,6 +55,7 @@ class Annotator:
         self.outlines = outlines
         self.live = True
         self.boxes_refine = False
+        self.on_change: Any = None  # called after objects changed (the widget's class lists)
         self.last_box: np.ndarray | None = None
         self.worker: Any = None
         self.prompts = ui_layers.ensure_prompts_layer(viewer, slide_layer)
@@ -182,6 +183,8 @@ class Annotator:
             ui_layers.mark_shape(self.prompts, outcome.request.tag)
         if outcome.progress is not None:
             self.progress(*outcome.progress)
+        if outcome.touched and self.on_change is not None:
+            self.on_change()
         if outcome.object_id is not None or outcome.touched:
             selected = self.session.selected_object()
             self.select(selected)

@@ -69,6 +69,10 @@ class ModelControls:
     def labels(self) -> list[str]:
         return [label for label, _ in self._model_list()]
 
+    def select(self, choice: registry.ModelChoice) -> None:
+        """Pick `choice` as the user would (it joins the list; the scale follows its head)."""
+        self.model.value = self._add(choice)
+
     def _model_list(self, _widget: Any = None) -> list[tuple[str, str]]:
         return [(c.label, spec) for spec, c in self._choices.items()]
 

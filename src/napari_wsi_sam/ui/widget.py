@@ -48,6 +48,7 @@ from .annotator import Annotator, shapes_of
 from .model_controls import ModelControls
 from .shapes import shapes_to_items
 from .slide_layer import META_KEY, open_layer_slide, slide_path_of
+from .training_panel import TrainingPanel
 from .workers import UserError, cut_crops
 
 if TYPE_CHECKING:
@@ -111,6 +112,7 @@ class WsiSamWidget(Container):
         self._outlines = CheckBox(name="outlines", text="Outlines (touching objects stay apart)",
                                   value=True)
         self._show_fields = PushButton(text="Show crop fields")
+        self.training = TrainingPanel(self)
         self._progress = ProgressBar(name="progress", value=0, min=0, max=1, visible=False)
         self._status = Label(name="status_line", label="Status",
                              value="Draw a rectangle in the 'WSI-SAM prompts' layer.")
@@ -121,7 +123,7 @@ class WsiSamWidget(Container):
             self._labels_folder, self._live, self._boxes, self._segment, self._set_class,
             self._delete, self._batch_layer, self._batch_masks, self._batch, self._cancel,
             self._undo, self._redo, self._export, self._import, self._outlines,
-            self._show_fields, self._progress, self._status])
+            self._show_fields, *self.training.widgets, self._progress, self._status])
         self._connect()
         self._on_slide_layer(self._slide_layer.value)
 
@@ -213,8 +215,10 @@ class WsiSamWidget(Container):
         self.annotator = Annotator(self._viewer, layer, self.session, report=self.report,
                                    progress=self._show_progress,
                                    outlines=bool(self._outlines.value))
+        self.annotator.on_change = self.training.refresh
         self._class.reset_choices()
         self._on_class(self._class.value)
+        self.training.refresh()
         count = self.session.store.count()
         where = self.session.store.folder
         read_only = " (read-only: view and export only)" if self.session.store.read_only else ""
@@ -315,7 +319,11 @@ class WsiSamWidget(Container):
         self._submit(lambda _s: UndoRequest(redo=True))
 
     def cancel(self) -> None:
-        if self.annotator is not None:
+        """Stop what runs: prompts and batches (what is done stays), and head training (the
+        head in use stays)."""
+        if self.training.cancel():
+            self.report("Cancelling the training: the head in use stays", "info")
+        if self.annotator is not None and self.annotator.busy:
             dropped = self.annotator.cancel()
             extra = f"; {dropped} waiting prompt(s) dropped" if dropped else ""
             self.report(f"Cancelling: objects already done are kept{extra}", "info")
