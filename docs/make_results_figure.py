@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from napari_wsi_sam.model.registry import shipped_heads
 from scipy.ndimage import binary_dilation
 from skimage.segmentation import find_boundaries
 
 from napari_wsi_sam.evaluation.runner import _truths, dice
 from napari_wsi_sam.model.predictor import WsiSamPredictor
+from napari_wsi_sam.model.registry import shipped_heads
 from napari_wsi_sam.pipeline.crop_grid import snapped_center
 from napari_wsi_sam.pipeline.segment import crop_pair, embedding_key
 from napari_wsi_sam.prompts import Prompt

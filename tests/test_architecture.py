@@ -103,6 +103,7 @@ def test_only_the_ui_and_view_import_napari_or_qt():
         assert not names & set(UI_ONLY), f"{rel} imports {names & set(UI_ONLY)}"
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_importing_the_model_leaves_triton_alone():
     """The triton workaround belongs to napari processes only (napari_wsi_sam._triton)."""
     code = ("import sys, napari_wsi_sam.model.predictor; "
@@ -112,6 +113,7 @@ def test_importing_the_model_leaves_triton_alone():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.slow  # one fresh interpreter per rule
 @pytest.mark.parametrize(("module", "forbidden"), RULES)
 def test_module_does_not_import(module, forbidden):
     code = (f"import sys, {module}; "

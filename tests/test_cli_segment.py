@@ -10,6 +10,8 @@ from napari_wsi_sam.annotations import ObjectStore
 from napari_wsi_sam.cli import main
 from napari_wsi_sam.cli.demo import SAMPLE_BOX
 
+pytestmark = pytest.mark.slow  # the real model on CPU
+
 BOX = [str(v) for v in SAMPLE_BOX]
 SQUARE = [[1690, 2535], [1790, 2535], [1790, 2650], [1690, 2650], [1690, 2535]]
 HOLE = [[1165, 1605], [1295, 1605], [1295, 1690], [1165, 1690], [1165, 1605]]

@@ -28,6 +28,8 @@ from napari_wsi_sam.model import (
 )
 from napari_wsi_sam.model.sam import read_checkpoint
 
+pytestmark = pytest.mark.slow  # the real model on CPU
+
 TOLERANCE = 1e-4  # relative L2 error against the official encoder
 
 

@@ -25,6 +25,8 @@ from napari_wsi_sam.model.sam import load_sam
 from napari_wsi_sam.model.wsi_sam import WsiSamHead
 from napari_wsi_sam.train.datasets import AnnotatedImage, load_data
 
+pytestmark = pytest.mark.slow  # the real model on CPU
+
 
 @pytest.fixture(scope="module")
 def stromal():

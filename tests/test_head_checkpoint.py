@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_wsi_sam.errors import WeightsError
+from napari_wsi_sam.errors import UsageError, WeightsError
 from napari_wsi_sam.model.head_checkpoint import (
     HeadSettings,
     import_reference_heads,
@@ -84,11 +84,15 @@ def test_bad_head_files_raise_weights_errors(tmp_path):
     junk.write_bytes(b"not a torch file")
     with pytest.raises(WeightsError, match="not a readable"):
         load_head(junk)
+    hello = tmp_path / "hello.pt"  # an unpickler KeyError, not a torch error
+    hello.write_text("hello")
+    with pytest.raises(WeightsError, match=r"not a readable torch checkpoint \(KeyError"):
+        load_head(hello)
     foreign = tmp_path / "foreign.pt"
     torch.save({"model": {"x": torch.zeros(1)}}, foreign)
     with pytest.raises(WeightsError, match="import_reference_heads"):
         load_head(foreign)
-    with pytest.raises(ValueError, match="unknown head settings"):
+    with pytest.raises(UsageError, match="unknown head settings"):
         save_head(random_head(), tmp_path / "h.pt", learning_rate=1.0)
     assert HeadSettings().config == HeadConfig()
 

@@ -15,6 +15,8 @@ from napari_wsi_sam.ui.reader import napari_get_reader
 from napari_wsi_sam.ui.slide_layer import META_KEY
 from napari_wsi_sam.ui.widget import WsiSamWidget
 
+pytestmark = [pytest.mark.napari, pytest.mark.slow]  # a Qt viewer under Xvfb, the model on CPU
+
 DEMO_BOX = np.array([1185.0, 1980.0, 1345.0, 2185.0])  # a hair follicle in the CMU slide
 
 

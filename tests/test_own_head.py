@@ -26,6 +26,8 @@ from napari_wsi_sam.train.own_head import (
 )
 from napari_wsi_sam.train.trainer import TrainConfig
 
+pytestmark = pytest.mark.slow  # the real model on CPU
+
 HR_MPP = 0.25
 
 

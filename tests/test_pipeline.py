@@ -15,6 +15,8 @@ from napari_wsi_sam.pipeline import CropPairCache, segment_prompt, snapped_cente
 from napari_wsi_sam.prompts import Prompt
 from napari_wsi_sam.slide import open_slide
 
+pytestmark = pytest.mark.slow  # the real model on CPU
+
 
 @pytest.fixture(scope="module")
 def predictor():

@@ -23,6 +23,8 @@ from napari_wsi_sam.model.predictor import (
 )
 from napari_wsi_sam.scale import CROP_SIZE as CROP
 
+pytestmark = pytest.mark.slow  # the real model on CPU
+
 ORIGINS = [(0, 0), (476, 0), (0, 476), (476, 476)]  # (x, y) of 4 crops covering 1500x1500
 PER_CROP = 15  # nuclei per crop, evenly spread over the labels
 MIN_AREA = 400  # pixels (the quality test, tests/test_quality.py, works at 40x instead)

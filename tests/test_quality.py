@@ -18,6 +18,8 @@ from napari_wsi_sam.model.predictor import WsiSamPredictor
 from napari_wsi_sam.prompts import Prompt
 from napari_wsi_sam.slide import concentric_crops, open_slide
 
+pytestmark = pytest.mark.slow  # the real model on CPU
+
 HR_MPP = 0.25
 MIN_AREA = 100
 PER_CROP = 12

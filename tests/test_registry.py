@@ -30,6 +30,8 @@ from napari_wsi_sam.prompts import Prompt
 from napari_wsi_sam.slide import open_slide
 from napari_wsi_sam.train.datasets import AnnotatedImage, load_data
 
+pytestmark = pytest.mark.slow  # the real model on CPU
+
 TISSUE_BOX = ("900", "1200", "1300", "1600")
 """A ~0.2 mm box of tissue on the CMU slide: the shipped 40x nuclei head found nothing there at
 10x (the measured failure this module guards against)."""

@@ -23,6 +23,8 @@ from napari_wsi_sam.session import (
     UndoRequest,
 )
 
+pytestmark = pytest.mark.slow  # the real model on CPU
+
 FOLLICLE = np.array([1185.0, 1980.0, 1345.0, 2185.0])
 REGION = np.array([1000.0, 1800.0, 1500.0, 2300.0])
 

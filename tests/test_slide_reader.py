@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import time
+import zlib
 from collections import Counter
 
 import dask.array as da
@@ -81,7 +83,7 @@ def test_with_mpp_and_override(sample_slide, caplog):
         other = slide.with_mpp(0.25)
         assert other.mpp == (0.25, 0.25) and slide.mpp == (0.5, 0.5)
         assert other.levels[0] is slide.levels[0]
-    with pytest.raises(SlideError, match="positive number"):
+    with pytest.raises(SlideError, match=r"must be 0.01..100 µm/px"):
         open_slide(sample_slide, mpp=-1)
     with pytest.raises(SlideError, match="must be a number"):
         open_slide(sample_slide, mpp="fast")
@@ -109,6 +111,26 @@ def test_small_svs(asset_path):
         assert slide.read_window(0, x0=0, y0=0, x1=16, y1=16).mean() > 200
 
 
+def _one_strip_tiff_claiming(width: int, height: int) -> bytes:
+    """A 132-byte grey TIFF whose single strip claims width x height pixels."""
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1),
+            (273, 4, 8), (277, 3, 1), (278, 4, height), (279, 4, 10)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHII" if kind == 4 else "<HHIHxx", tag, kind, 1, value)
+        for tag, kind, value in tags) + struct.pack("<I", 0)
+    return b"II*\0" + struct.pack("<I", 18) + bytes(10) + ifd
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG header claiming width x height pixels, with one tiny data chunk."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(bytes(64))) + chunk(b"IEND", b""))
+
+
 def _bad_files(tmp_path, sample_slide, asset_path):
     text = tmp_path / "notes.svs"
     text.write_text("not a slide at all\n")
@@ -123,7 +145,13 @@ def _bad_files(tmp_path, sample_slide, asset_path):
     jpeg = asset_path("hgsc_nest.jpg").read_bytes()
     half_jpeg = tmp_path / "half.jpg"
     half_jpeg.write_bytes(jpeg[: len(jpeg) // 2])
+    strip_bomb = tmp_path / "strip_bomb.tiff"
+    strip_bomb.write_bytes(_one_strip_tiff_claiming(1_000_000, 1_000_000))
+    png_bomb = tmp_path / "bomb.png"
+    png_bomb.write_bytes(_png_claiming(30_000, 30_000))
     return {
+        "strip_bomb": (strip_bomb, "931 GiB strips or tiles.*tiled TIFF"),
+        "png_bomb": (png_bomb, "too large to decode whole.*900 megapixels"),
         "missing": (tmp_path / "nope.svs", "does not exist"),
         "directory": (tmp_path, "is a directory"),
         "empty": (empty, "is empty"),
@@ -137,7 +165,8 @@ def _bad_files(tmp_path, sample_slide, asset_path):
 
 
 @pytest.mark.parametrize("case", ["missing", "directory", "empty", "text", "unreadable",
-                                  "unopenable", "truncated", "cut_tail", "half_jpeg"])
+                                  "unopenable", "truncated", "cut_tail", "half_jpeg",
+                                  "strip_bomb", "png_bomb"])
 def test_bad_input_is_one_clear_line(case, tmp_path, sample_slide, asset_path):
     path, expected = _bad_files(tmp_path, sample_slide, asset_path)[case]
     with pytest.raises(SlideError, match=expected) as info:

@@ -35,7 +35,8 @@ from napari_wsi_sam.annotations.rendering import RENDER_DIR, ObjectRasters
 from napari_wsi_sam.annotations.store_schema import DB_NAME, JOURNAL_ENV
 from napari_wsi_sam.pipeline.objects import export_geojson
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="kill -9 needs POSIX signals")
+pytestmark = [pytest.mark.slow,  # processes killed mid-write, each a fresh interpreter
+              pytest.mark.skipif(sys.platform == "win32", reason="kill -9 needs POSIX signals")]
 
 TIMEOUT = 120.0
 """Seconds any single wait for a child may take before the test fails (never reached)."""

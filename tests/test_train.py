@@ -30,6 +30,8 @@ from napari_wsi_sam.train.sampler import CropView, plan_views, render_view, view
 from napari_wsi_sam.train.trainer import TrainConfig, TrainingError, train
 from napari_wsi_sam.windows import WindowMask
 
+pytestmark = pytest.mark.slow  # the real model on CPU
+
 HR_MPP = 0.25
 
 
@@ -273,3 +275,26 @@ def test_train_command_end_to_end(tmp_path, features, capsys):
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 1 and summary["model"].endswith("head.pt")
+
+
+class _Payload:
+    """Unpickling this touches `marker`: what a crafted checkpoint would do with more harm."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (type(self.marker).touch, (self.marker,))
+
+
+def test_a_crafted_resume_file_runs_no_code(nest, mobile, features, tmp_path):
+    out, marker = tmp_path / "run", tmp_path / "pwned"
+    out.mkdir()
+    torch.save({"format": "napari-wsi-sam-train-state", "epoch": _Payload(marker)},
+               out / "last.pt")
+    with pytest.raises(TrainingError, match="cannot resume from") as caught:
+        train(nest, TrainConfig(epochs=1, **SMALL), out, parts=mobile, feature_dir=features,
+              device="cpu", resume=True)
+    assert not marker.exists() and "\n" not in str(caught.value)
+    torch.load(out / "last.pt", weights_only=False)  # the payload is live: it would have run
+    assert marker.exists()

@@ -19,6 +19,8 @@ from napari_wsi_sam.model.wsi_sam import (
     upsample_logits,
 )
 
+pytestmark = pytest.mark.slow  # the real model on CPU
+
 PER_BRANCH = 448_512  # token 256 + MLP 139,808 + fusion 73,952 + 197,408 + 37,088
 BOXES = torch.tensor([[96.0, 312.0, 150.0, 360.0], [600.0, 410.0, 660.0, 470.0]])
 

@@ -58,3 +58,12 @@ class TrainingError(WsiSamError, ValueError):
 
 class TrainingCancelled(TrainingError):
     """The user stopped a training run; nothing it made is used."""
+
+
+def one_line(error: BaseException, limit: int = 200) -> str:
+    """A foreign error (torch, Pillow, sqlite) as a short reason inside our own message: one
+    line, cut to `limit` characters, with its type where the text alone says nothing."""
+    text = " ".join(str(error).split())
+    if not any(c.isalpha() for c in text):
+        text = f"{type(error).__name__} {text}".strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -113,16 +113,32 @@ class Prompt:
         return {"box": None if self.box is None else self.box.tolist(),
                 "points": self.points.tolist(), "labels": self.labels.tolist()}
 
+    def describe(self) -> str:
+        """'box [10, 20, 300, 400] and 2 points' for error lines, in level-0 px."""
+        parts = []
+        if self.box is not None:
+            parts.append("box [" + ", ".join(f"{v:g}" for v in self.box.tolist()) + "]")
+        if len(self.points):
+            parts.append(f"{len(self.points)} point" + ("s" if len(self.points) > 1 else ""))
+        return " and ".join(parts)
+
     def __repr__(self) -> str:
         box = None if self.box is None else [round(v, 2) for v in self.box.tolist()]
         return f"Prompt(box={box}, points={len(self.points)}, positive={int(self.labels.sum())})"
 
 
+MAX_COORDINATE = 1e8
+"""Level-0 pixel coordinates beyond this are no slide's (the largest are about 2e5 px)."""
+
+
 def _floats(value: ArrayLike, name: str) -> np.ndarray:
     try:
         arr = np.array(value, dtype=float)
-    except (TypeError, ValueError) as err:
-        raise PromptError(f"{name} must be numbers, got {value!r}") from err
+    except (TypeError, ValueError, OverflowError) as err:
+        raise PromptError(f"{name} must be numbers, got {str(value)[:80]}") from err
     if not np.isfinite(arr).all():
-        raise PromptError(f"{name} must be finite numbers, got {arr.tolist()}")
+        raise PromptError(f"{name} must be finite numbers, got {str(arr.tolist())[:80]}")
+    if arr.size and np.abs(arr).max() > MAX_COORDINATE:
+        raise PromptError(f"{name} {str(arr.tolist())[:80]} lies beyond any slide: level-0 "
+                          f"pixel coordinates are at most ±{MAX_COORDINATE:.0e}")
     return arr

@@ -38,13 +38,20 @@ def write_text_atomic(target: Path, text: str | Iterable[str]) -> Path:
     absent. Temp files that killed writes of ``target`` left behind are removed afterwards."""
     target = Path(target)
     tmp = _folder(target) / f".{target.name}.{os.getpid()}-{_HOST}.{secrets.token_hex(4)}.part"
-    # os.open with 0o666 honours the umask, as any other file the user makes (mkstemp: 0600)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        # os.open with 0o666 honours the umask, as any file the user makes (mkstemp: 0600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as error:
+        raise AnnotationError(f"cannot write {target}: {error.strerror or error}") from error
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             for piece in [text] if isinstance(text, str) else text:
                 fh.write(piece)
         os.replace(tmp, target)
+    except OSError as error:  # a full disk, a folder gone: the old file stays as it was
+        Path(tmp).unlink(missing_ok=True)
+        raise AnnotationError(f"cannot write {target}: {error.strerror or error}; nothing "
+                              "was changed there") from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -121,6 +128,9 @@ def read_json(source: Path, *, expected: str) -> Any:
         raise AnnotationError(f"cannot read {source}: {err}") from err
     try:
         return json.loads(text)
+    except RecursionError:
+        raise AnnotationError(f"{source.name} nests its JSON too deeply to be GeoJSON; give "
+                              f"{expected}") from None
     except json.JSONDecodeError as err:
         raise AnnotationError(f"{source.name} is not valid JSON ({err.msg} at line "
                               f"{err.lineno}, column {err.colno}); give {expected}") from err

@@ -401,8 +401,9 @@ class ObjectStore:
         return number
 
     def reclass(self, object_ids: Iterable[int], class_name: str, *,
-                group: str | None = None) -> None:
-        """Give objects another class: a new version each (geometry kept), in one transaction."""
+                group: str | None = None, color: object | None = None) -> None:
+        """Give objects another class: a new version each (geometry kept), in one transaction.
+        A class new to the store is added in that transaction, in `color` if given."""
         name = valid_class_name(class_name)
         group = group or self.new_group()
         with self._write() as conn:
@@ -421,7 +422,7 @@ class ObjectStore:
                 conn.execute("UPDATE objects SET current = ? WHERE id = ?", (vid, object_id))
                 changes.log_change(conn, self.writer, object_id, "reclass", (row["vid"], False),
                                    (vid, False), group, now)
-            changes.ensure_classes(conn, {name})
+            changes.ensure_classes(conn, {name}, {name: color} if color is not None else None)
 
     def delete(self, object_ids: Iterable[int], *, group: str | None = None) -> int:
         """Delete live objects (recoverable with undo until `purge`); how many were deleted."""

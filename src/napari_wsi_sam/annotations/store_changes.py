@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,10 @@ def live_row(conn: sqlite3.Connection, object_id: int, path: Path) -> dict[str, 
     return {"vid": int(row[0]), "number": int(row[2]), "class_name": row[3]}
 
 
-def ensure_classes(conn: sqlite3.Connection, names: Iterable[str]) -> None:
-    """Classes the objects name, in the fallback colour unless already stored."""
+def ensure_classes(conn: sqlite3.Connection, names: Iterable[str],
+                   colors: Mapping[str, object] | None = None) -> None:
+    """Classes the objects name, unless already stored: in `colors`' colour, else the
+    fallback one."""
+    colors = colors or {}
     conn.executemany("INSERT OR IGNORE INTO classes (name, color) VALUES (?, ?)",
-                     [(n, as_hex(FALLBACK)) for n in sorted(names)])
+                     [(n, as_hex(colors.get(n, FALLBACK))) for n in sorted(names)])

@@ -59,7 +59,7 @@ def read_legacy_objects(folder: Path) -> list[LegacyObject]:
         table = json.loads((folder / LEGACY_TABLE).read_text(encoding="utf-8"))
         records = {int(r["id"]): r for r in table["objects"]}
         level0 = zarr.open_array(folder / LEGACY_LEVELS / "0", mode="r")
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
         raise LabelStoreError(f"{folder} holds a label store of release 0.1 that cannot be read "
                               f"({error}); it was left untouched") from error
     chunk = int(level0.chunks[0])

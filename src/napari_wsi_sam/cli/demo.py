@@ -19,6 +19,7 @@ from ..errors import PromptError
 from ..pipeline import CropPairCache, SegmentedObject, segment_prompt
 from ..prompts import Prompt
 from ..slide import open_slide
+from . import args as argtypes
 from .segment import add_model_arguments, resolve_model
 from .slide import make_output_folder, slide_info, write_crops
 
@@ -33,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
                         help="box in level-0 pixels (default: a follicle of the sample slide)")
     add_model_arguments(parser)
-    parser.add_argument("--mpp", type=float, default=None,
+    parser.add_argument("--mpp", type=argtypes.slide_mpp, default=None,
                         help="µm/px of the slide, when it does not record one")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     parser.add_argument("--out", type=Path, required=True, help="output folder")

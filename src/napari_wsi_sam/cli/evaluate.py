@@ -7,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+from . import args as argtypes
+
 DEFAULT_PROMPTS = "box,points:1,points:3,points:5,points:10"
 
 
@@ -26,9 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompts", default=DEFAULT_PROMPTS,
                         help=f"comma-separated box, points:K (default {DEFAULT_PROMPTS})")
     parser.add_argument("--out", type=Path, required=True, help="folder for tables and plots")
-    parser.add_argument("--hr-mpp", type=float, default=0.25,
+    parser.add_argument("--hr-mpp", type=argtypes.hr_mpp, default=0.25,
                         help="HR crop µm/px for every model (default 0.25, 40x)")
-    parser.add_argument("--mpp", type=float, default=None,
+    parser.add_argument("--mpp", type=argtypes.slide_mpp, default=None,
                         help="µm/px of images whose files carry none")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-objects", type=int, default=None,

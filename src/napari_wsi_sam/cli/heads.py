@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import args as argtypes
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("heads", help="WSI-SAM heads: list, install, decide")
@@ -36,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     decide.add_argument("--baseline", default="sam")
     decide.add_argument("--dataset", required=True, help="the held-out dataset")
     decide.add_argument("--head", type=Path, required=True, help="the evaluated head .pt")
-    decide.add_argument("--hr-mpp", type=float, default=None,
+    decide.add_argument("--hr-mpp", type=argtypes.hr_mpp, default=None,
                         help="µm/px the evaluation ran at (default: settings.json beside the "
                              "records, else the head's own)")
     decide.add_argument("--structure", default=None, help="what the head segments (nuclei)")
@@ -137,5 +139,5 @@ def _evaluated_mpp(records: Path) -> float | None:
     """The HR µm/px in evaluate's settings.json beside its records, if there is one."""
     try:
         return float(json.loads((records.parent / "settings.json").read_text())["hr_mpp"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None

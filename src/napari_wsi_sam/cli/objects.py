@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import args as argtypes
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("objects", help="a slide's object store: info, import, "
@@ -22,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("slide", type=Path, help="slide file")
         sub.add_argument("--labels", type=Path, default=None, metavar="DIR",
                          help="object store folder (default: <slide stem>.wsi-sam/ beside it)")
-        sub.add_argument("--mpp", type=float, default=None,
+        sub.add_argument("--mpp", type=argtypes.slide_mpp, default=None,
                          help="µm/px of the slide, when it does not record one")
         return sub
 

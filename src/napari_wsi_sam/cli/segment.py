@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import AnnotationError, PromptError, StoreError
 from ..model.registry import MODEL_NAMES
 from ..prompts import Prompt
+from . import args as argtypes
 
 EPILOG = """\
 coordinates are level-0 slide pixels (x, y), boxes X0 Y0 X1 Y1.
@@ -50,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mask-prompts", action="store_true",
                         help="with --prompts: give each polygon's own mask as a mask prompt")
     add_model_arguments(parser)
-    parser.add_argument("--mpp", type=float, default=None,
+    parser.add_argument("--mpp", type=argtypes.slide_mpp, default=None,
                         help="µm/px of the slide, when it does not record one")
     parser.add_argument("--class", dest="class_name", default="object",
                         help="class of new objects (with --prompts: of unclassified features)")
@@ -81,7 +82,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="WSI-SAM head: a name from `napari-wsi-sam heads list` or a head "
                              ".pt file (implies --model wsi-sam; its scale is the default "
                              "--hr-mpp)")
-    parser.add_argument("--hr-mpp", type=float, default=None,
+    parser.add_argument("--hr-mpp", type=argtypes.hr_mpp, default=None,
                         help="HR crop µm/px (default: the head's scale, else 1.0 = 10x; LR is "
                              "twice that)")
 
@@ -100,6 +101,7 @@ def _segment(args: argparse.Namespace) -> int:
     from ..annotations.store_files import open_store
     from ..model.build import build_predictor
     from ..pipeline import BatchItem, export_geojson, items_from_geojson
+    from ..pipeline.batch import fit_item
     from ..slide import open_slide
 
     _check_args(args)
@@ -120,6 +122,8 @@ def _segment(args: argparse.Namespace) -> int:
                            source="--box")]
     with open_slide(args.slide, mpp=args.mpp) as slide:
         mpp = slide.require_mpp()
+        if args.prompts is None:  # the one --box: refuse it before the store or the model
+            fit_item(slide, items[0])
         with open_store(slide, folder=args.labels) as store:
             if store.read_only:  # say so before the model loads, not after it ran
                 raise StoreError(f"{store.path} is read-only: choose a folder you can write "
@@ -128,7 +132,13 @@ def _segment(args: argparse.Namespace) -> int:
             predictor = build_predictor(choice, device=args.device)
             ids = _run_batch(slide, items, predictor, store=store, args=args, mpp=mpp,
                              choice=choice, hr_mpp=hr_mpp)
-            written = export_geojson(store, args.out, mpp=mpp, ids=None if args.all else ids)
+            try:
+                written = export_geojson(store, args.out, mpp=mpp,
+                                         ids=None if args.all else ids)
+            except AnnotationError as error:  # e.g. the disk filled up while segmenting
+                raise AnnotationError(f"{error}; the {len(ids)} objects of this run are kept "
+                                      f"in {store.path} (napari-wsi-sam objects export)"
+                                      ) from error
             folder = store.folder
     print(f"{written} objects written to {args.out} (objects in {folder})")
     return 0
@@ -206,6 +216,31 @@ def _check_args(args: argparse.Namespace) -> None:
         raise PromptError("--mask-prompts applies to --prompts only")
     if args.color is not None and not all(0 <= v <= 255 for v in args.color):
         raise PromptError(f"--color needs three values 0..255, got {args.color}")
-    parent = args.out.parent if str(args.out.parent) else Path(".")
+    check_output(args.out)
+    if args.labels is not None and args.labels.exists() and not args.labels.is_dir():
+        raise StoreError(f"--labels {args.labels} is a file; give the folder of an object store "
+                         "(or a new folder)")
+
+
+def check_output(path: Path) -> None:
+    """--out must be a file we may write, in a folder that exists: said before any work. A
+    probe file is made and removed, as permissions alone miss read-only file systems (and
+    everything is writable to root)."""
+    import os
+
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise AnnotationError(f"--out {path} is a folder; give a file name, e.g. "
+                              f"{path / 'objects.geojson'}")
     if not parent.is_dir():
-        raise AnnotationError(f"cannot write {args.out}: folder {parent} does not exist")
+        raise AnnotationError(f"cannot write {path}: folder {parent} does not exist")
+    probe = parent / f".{path.name}.{os.getpid()}.probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as error:
+        raise AnnotationError(f"cannot write {path}: {error.strerror or error}; choose "
+                              "another --out") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise AnnotationError(f"cannot write {path}: no permission to write it; choose "
+                              "another --out")

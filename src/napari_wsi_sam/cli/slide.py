@@ -13,13 +13,15 @@ from ..errors import WsiSamError
 from ..prompts import Prompt
 from ..slide import CropPair, Slide, concentric_crops, open_slide
 from ..slide.overlay import FIELD, draw_box, draw_prompt
+from . import args as argtypes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     info = subparsers.add_parser("info", help="levels, pixel size and associated images of a slide")
     info.add_argument("slide", type=Path, help="slide or image file")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
-    info.add_argument("--mpp", type=float, help="pixel size in µm/px, overriding the file's")
+    info.add_argument("--mpp", type=argtypes.slide_mpp,
+                      help="pixel size in µm/px, overriding the file's")
     info.set_defaults(func=_info)
 
     crops = subparsers.add_parser(
@@ -31,9 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="box prompt, level-0 pixels")
     group.add_argument("--point", type=float, nargs=2, action="append", metavar=("X", "Y"),
                        help="positive point prompt, level-0 pixels (repeat for more)")
-    crops.add_argument("--hr-mpp", type=float, default=1.0, help="HR crop µm/px (default 1.0)")
-    crops.add_argument("--size", type=int, default=1024, help="crop side in px (default 1024)")
-    crops.add_argument("--mpp", type=float, help="slide pixel size in µm/px, overriding the file's")
+    crops.add_argument("--hr-mpp", type=argtypes.hr_mpp, default=1.0,
+                       help="HR crop µm/px (default 1.0)")
+    crops.add_argument("--size", type=argtypes.crop_size, default=1024,
+                       help="crop side in px (default 1024)")
+    crops.add_argument("--mpp", type=argtypes.slide_mpp,
+                       help="slide pixel size in µm/px, overriding the file's")
     crops.add_argument("--out", type=Path, required=True, help="folder for the outputs")
     crops.set_defaults(func=_crops)
 

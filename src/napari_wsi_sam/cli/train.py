@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from . import args as argtypes
+
 # torch is imported only when the command runs.
 
 
@@ -29,10 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="λ in λ·L_high + (1-λ)·L_low (default 0.5)")
     parser.add_argument("--aggregation", choices=["average", "max", "concat_fc", "sum"],
                         default="average", help="HR/LR token aggregation (default average)")
-    parser.add_argument("--hr-mpp", type=float, default=0.25,
+    parser.add_argument("--hr-mpp", type=argtypes.hr_mpp, default=0.25,
                         help="HR crop µm/px (default 0.25, 40x, for nuclei)")
-    parser.add_argument("--lr-factor", type=float, default=2.0, help="LR µm/px = HR x this")
-    parser.add_argument("--mpp", type=float, default=None,
+    parser.add_argument("--lr-factor", type=argtypes.lr_factor, default=2.0,
+                        help="LR µm/px = HR x this")
+    parser.add_argument("--mpp", type=argtypes.slide_mpp, default=None,
                         help="µm/px of images whose files carry none")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--views-per-image", type=int, default=24,
@@ -47,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--features", type=Path, default=None,
                         help="feature cache folder (default: the package cache)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    parser.add_argument("--heldout", type=float, default=None, metavar="FRACTION",
+    parser.add_argument("--heldout", type=argtypes.fraction, default=None, metavar="FRACTION",
                         help="hold out about this fraction of the objects by spatial blocks, "
                              "measure the head against SAM on them (boxes, 3 points) and write "
                              "the result into the head (wsi-sam mode)")

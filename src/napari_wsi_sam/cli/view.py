@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import args as argtypes
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("view", help="open a slide in napari with the WSI-SAM widget")
     parser.add_argument("slide", type=Path, help="slide file (.svs, .tif, .ome.tif, .ndpi)")
-    parser.add_argument("--mpp", type=float, default=None,
+    parser.add_argument("--mpp", type=argtypes.slide_mpp, default=None,
                         help="µm per pixel, for a slide that does not record it")
     parser.add_argument("--screenshot", type=Path, default=None,
                         help="save a screenshot of the window to this PNG and close")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import WeightsError
+from ..errors import WeightsError, one_line
 from .sam import SamParts, load_sam
 
 FORMAT = "napari-wsi-sam-sam-decoder"
@@ -42,7 +42,8 @@ def load_sam_decoder(path: Path, *, device: str | torch.device = "cpu",
         raise WeightsError(f"SAM* decoder {path} does not exist; train one with "
                            "`napari-wsi-sam train --mode sam-decoder`") from None
     except Exception as error:
-        raise WeightsError(f"{path} is not a readable torch file: {error}") from None
+        raise WeightsError(f"{path} is not a readable torch file ({one_line(error)})"
+                           ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise WeightsError(f"{path} is not a SAM* decoder checkpoint (no format {FORMAT!r}); "
                            "a WSI-SAM head goes with wsi-sam:PATH")
@@ -53,6 +54,6 @@ def load_sam_decoder(path: Path, *, device: str | torch.device = "cpu",
         parts.mask_decoder.load_state_dict(data["state_dict"], strict=True)
     except RuntimeError as error:
         raise WeightsError(f"{path}: decoder weights do not fit MobileSAM: "
-                           f"{' '.join(str(error).split())[:200]}") from None
+                           f"{one_line(error)}") from None
     parts.mask_decoder.requires_grad_(False).eval()
     return parts.to(device)

@@ -14,9 +14,7 @@ maps those names onto ours (table in docs/model.md) and drops SAM's frozen weigh
 from __future__ import annotations
 
 import logging
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -26,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .. import __version__
-from ..errors import WeightsError
+from ..errors import UsageError, WeightsError, one_line
 from ..scale import DEFAULT_HR_MPP, LR_FACTOR
 from .wsi_sam import HeadConfig, WsiSamHead
 
@@ -105,7 +103,7 @@ def save_head(head: WsiSamHead, path: Path, *, settings: HeadSettings | None = N
     known = {f.name for f in fields(HeadSettings)} - {"config"}
     unknown = set(overrides) - known
     if unknown:
-        raise ValueError(f"unknown head settings {sorted(unknown)}; known: {sorted(known)}")
+        raise UsageError(f"unknown head settings {sorted(unknown)}; known: {sorted(known)}")
     if "classes" in overrides:
         overrides["classes"] = tuple(overrides["classes"])
     final = replace(base, **overrides, config=head.config, package_version=__version__,
@@ -218,7 +216,7 @@ def _build(settings: HeadSettings, state: Mapping[str, Tensor], *, source: str) 
     try:
         head.load_state_dict(dict(state), strict=True)
     except RuntimeError as error:
-        detail = " ".join(str(error).split())[:300]
+        detail = one_line(error, 300)
         raise WeightsError(f"{source} does not fit a WSI-SAM head: {detail}") from error
     return head.eval()
 
@@ -228,7 +226,6 @@ def _read(path: Path) -> Any:
         raise WeightsError(f"head checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError,
-            zipfile.BadZipFile) as error:
-        reason = " ".join(str(error).split())[:200]
+    except Exception as error:  # a damaged pickle can raise anything
+        reason = one_line(error)
         raise WeightsError(f"{path} is not a readable torch checkpoint ({reason})") from error

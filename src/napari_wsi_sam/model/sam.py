@@ -10,8 +10,6 @@ freezes it and puts it in eval mode.
 from __future__ import annotations
 
 import logging
-import pickle
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 from torch import Tensor, nn
 
-from ..errors import WeightsError
+from ..errors import WeightsError, one_line
 from .encoder import EMBED_DIM, EMBED_SIZE, ENCODER_CONFIGS, TinyViTSamEncoder, build_encoder
 from .weights import find_weights, install_command
 
@@ -108,7 +106,7 @@ def load_sam(
         try:
             module.load_state_dict(by_part[part], strict=True)
         except RuntimeError as error:
-            detail = " ".join(str(error).split())[:300]
+            detail = one_line(error, 300)
             raise WeightsError(f"{path}: {part} weights do not fit {name}: {detail}; "
                                f"{fix}") from error
     parts.checkpoint = path
@@ -126,9 +124,8 @@ def read_checkpoint(path: Path, *, name: str) -> dict[str, Tensor]:
     fix = f"delete it and run `{install_command(name)}`"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError,
-            zipfile.BadZipFile) as error:
-        reason = " ".join(str(error).split())[:200]
+    except Exception as error:  # a damaged pickle can raise anything
+        reason = one_line(error)
         raise WeightsError(f"{path} is not a readable checkpoint ({reason}); {fix}") from error
     for wrapper in ("model", "state_dict"):
         if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):

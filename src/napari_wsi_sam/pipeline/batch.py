@@ -21,16 +21,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+import shapely
+from shapely.geometry import box as shapely_box
 
 from ..annotations.object_store import ObjectStore
+from ..annotations.polygons import Areal, polygonal, rasterize
 from ..errors import PromptError
+from ..prompts import Prompt
 from ..scale import LOW_RES
 from ..slide import CropPair, Slide
-from ..slide.crops import check_prompt_on_slide
-from ..windows import Window
+from ..slide.crops import fit_prompt
 from .crop_grid import CropPairCache, snapped_center
 from .items import BatchItem, Provenance, resume_key
 from .objects import refine_stored, store_segmented
@@ -82,12 +85,20 @@ def group_by_crop(slide: Slide, items: Sequence[BatchItem], *, hr_mpp: float = 1
                   ) -> tuple[list[CropGroup], dict[int, str]]:
     """Groups of item indices sharing a crop pair (in order of first appearance), and the
     items that cannot be run at all (index -> one-line error: off the slide)."""
+    groups, errors, _ = _fitted_groups(slide, items, hr_mpp=hr_mpp)
+    return groups, errors
+
+
+def _fitted_groups(slide: Slide, items: Sequence[BatchItem], *, hr_mpp: float
+                   ) -> tuple[list[CropGroup], dict[int, str], dict[int, BatchItem]]:
+    """`group_by_crop`, and each runnable item fitted to the slide (`fit_item`)."""
     slide.require_mpp()
     groups: dict[object, CropGroup] = {}
     errors: dict[int, str] = {}
+    fitted: dict[int, BatchItem] = {}
     for index, item in enumerate(items):
         try:
-            check_prompt_on_slide(slide, item.prompt)
+            fitted[index] = item = fit_item(slide, item)
         except PromptError as error:
             errors[index] = str(error)
             continue
@@ -97,7 +108,29 @@ def group_by_crop(slide: Slide, items: Sequence[BatchItem], *, hr_mpp: float = 1
                                                            round(center[1], 3))
         group = groups.setdefault(key, CropGroup(None if center == own else center))
         group.indices.append(index)
-    return list(groups.values()), errors
+    return list(groups.values()), errors, fitted
+
+
+def fit_item(slide: Slide, item: BatchItem) -> BatchItem:
+    """The item cut to the slide: its outline (if any) clipped and its box the outline's
+    bounds, then the prompt fitted (`slide.crops.fit_prompt`). One-line PromptError when
+    nothing of it is on the slide."""
+    geometry = item.geometry
+    if geometry is not None:
+        width, height = slide.dimensions
+        frame = shapely_box(0, 0, width, height)
+        if not frame.covers(geometry):
+            cut = polygonal(shapely.intersection(geometry, frame))
+            if cut.is_empty:
+                raise PromptError(f"the outline at {_rounded(geometry.bounds)} lies "
+                                  f"outside the {width}x{height} px slide {slide.path.name}")
+            item = replace(item, geometry=cut, prompt=Prompt.from_box(cut.bounds))
+    prompt = fit_prompt(slide, item.prompt)
+    return item if prompt is item.prompt else replace(item, prompt=prompt)
+
+
+def _rounded(bounds: Sequence[float]) -> list[float]:
+    return [float(f"{v:.7g}") for v in bounds]
 
 
 def refine_batch(
@@ -135,7 +168,8 @@ def refine_batch(
     keys = [resume_key(slide, item, provenance, use_mask_prompts=use_mask_prompts)
             for item in items]
     done_before = store.live_by_resume_key(keys) if (skip_done or force) else {}
-    groups, errors = group_by_crop(slide, items, hr_mpp=hr_mpp)
+    groups, errors, fitted = _fitted_groups(slide, items, hr_mpp=hr_mpp)
+    items = [fitted.get(i, item) for i, item in enumerate(items)]
     logger.info("batch refine: %d items in %d crop groups, %d off the slide, %d done before",
                 total, len(groups), len(errors), len(done_before))
     started = time.perf_counter()
@@ -204,7 +238,7 @@ def _by_prompt_kind(items: Sequence[BatchItem], indices: list[int], *,
     for index in indices:
         item = items[index]
         kind = (item.prompt.box is not None, len(item.prompt.points),
-                use_mask_prompts and item.mask is not None)
+                use_mask_prompts and item.geometry is not None)
         kinds.setdefault(kind, []).append(index)
     return list(kinds.values())
 
@@ -220,8 +254,8 @@ def _predict_group(slide: Slide, crops: CropPair, items: list[BatchItem], predic
     if len(local[0].points):
         arrays["points"] = np.stack([p.points for p in local])
         arrays["point_labels"] = np.stack([p.labels for p in local])
-    if use_mask_prompts and items[0].mask is not None:
-        arrays["mask_prompts"] = np.stack([mask_prompt(crops, item.mask)  # type: ignore[arg-type]
+    if use_mask_prompts and items[0].geometry is not None:
+        arrays["mask_prompts"] = np.stack([mask_prompt(crops, item.geometry)  # type: ignore[arg-type]
                                            for item in items])
     prediction = predictor.predict(  # type: ignore[attr-defined]
         crops.hr.image, crops.lr.image, hr_to_lr=crops.hr_to_lr,
@@ -240,21 +274,14 @@ def _predict_group(slide: Slide, crops: CropPair, items: list[BatchItem], predic
     return out
 
 
-def mask_prompt(crops: CropPair, mask: tuple[np.ndarray, Window]) -> np.ndarray:
-    """A level-0 mask ``(mask (h, w) bool, window)`` as SAM mask-prompt logits over the HR
-    crop: (256, 256) float32, +`MASK_PROMPT_LOGIT` where a cell's centre is on the mask."""
-    values, (x0, y0, x1, y1) = mask
-    values = np.asarray(values, dtype=bool)
-    if values.shape != (y1 - y0, x1 - x0):
-        raise PromptError(f"mask shape {values.shape} does not match its window "
-                          f"{(x0, y0, x1, y1)}")
+def mask_prompt(crops: CropPair, geometry: Areal) -> np.ndarray:
+    """An outline (level-0 px) as SAM mask-prompt logits over the HR crop: (256, 256)
+    float32, +`MASK_PROMPT_LOGIT` where a cell's centre is inside it, -that elsewhere. Sampled
+    at the cells' centres, so a huge outline costs no more than a small one."""
     cmap = crops.hr.map
     cell = crops.hr.image.shape[1] / LOW_RES
     centres = (np.arange(LOW_RES) + 0.5) * cell
-    cols = np.floor(cmap.origin[0] + centres * cmap.scale[0]).astype(np.int64) - x0
-    rows = np.floor(cmap.origin[1] + centres * cmap.scale[1]).astype(np.int64) - y0
-    ok_c = (cols >= 0) & (cols < values.shape[1])
-    ok_r = (rows >= 0) & (rows < values.shape[0])
-    inside = values[np.ix_(rows.clip(0, values.shape[0] - 1), cols.clip(0, values.shape[1] - 1))]
-    inside &= ok_r[:, None] & ok_c[None, :]
+    xs = np.floor(cmap.origin[0] + centres * cmap.scale[0]) + 0.5
+    ys = np.floor(cmap.origin[1] + centres * cmap.scale[1]) + 0.5
+    inside = rasterize(geometry, xs, ys)
     return np.where(inside, MASK_PROMPT_LOGIT, -MASK_PROMPT_LOGIT).astype(np.float32)

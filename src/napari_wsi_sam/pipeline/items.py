@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+import shapely
 
 from ..annotations.geojson import AnnotationObject, read_geojson
-from ..annotations.polygons import Areal, geometry_to_mask
+from ..annotations.polygons import Areal
 from ..errors import PromptError
 from ..prompts import Prompt
 from ..scale import DEFAULT_HR_MPP
-from ..windows import Window
 
 if TYPE_CHECKING:
     from ..annotations.object_store import ObjectStore
@@ -35,8 +34,9 @@ class BatchItem:
 
     prompt : box (and points) in level-0 pixels; for a polygon or ellipse, its bounds as box.
     class_name, color : the object's class and (r, g, b) 0..255; None: the batch default.
-    mask : the shape's own mask, ``(mask (h, w) bool, window (x0, y0, x1, y1))`` in level-0
-        pixels, used as a mask prompt when the batch asks for mask prompts.
+    geometry : the shape's own outline (Polygon or MultiPolygon, holes kept, level-0 px),
+        used as a mask prompt when the batch asks for mask prompts (sampled on the crop's
+        mask grid, never rasterised whole).
     source : where the item came from (e.g. "feature 3"), for error lines.
     object_id : an object of the store to refine in place (a new version), or None for a new
         object.
@@ -45,7 +45,7 @@ class BatchItem:
     prompt: Prompt
     class_name: str | None = None
     color: tuple[int, int, int] | None = None
-    mask: tuple[np.ndarray, Window] | None = None
+    geometry: Areal | None = None
     source: str = ""
     object_id: int | None = None
 
@@ -76,10 +76,8 @@ def resume_key(slide: Slide, item: BatchItem, provenance: Provenance, *,
     """A key of (slide, prompt, model, head, settings): a rerun skips items whose key is on a
     live object of the store."""
     mask = None
-    if use_mask_prompts and item.mask is not None:
-        values, window = item.mask
-        mask = [hashlib.sha1(np.packbits(np.asarray(values, bool)).tobytes()).hexdigest(),
-                list(window)]
+    if use_mask_prompts and item.geometry is not None:
+        mask = hashlib.sha1(shapely.to_wkb(shapely.normalize(item.geometry))).hexdigest()
     payload: dict[str, Any] = {
         "slide": [Path(slide.path).name, list(slide.dimensions)],
         "prompt": item.prompt.to_dict(), "class": item.class_name, "mask": mask,
@@ -92,11 +90,10 @@ def resume_key(slide: Slide, item: BatchItem, provenance: Provenance, *,
 def item_for_geometry(geometry: Areal, *, class_name: str | None = None,
                       color: tuple[int, int, int] | None = None, source: str = "",
                       object_id: int | None = None) -> BatchItem:
-    """A batch item for one outline: its bounds as the box, its rasterised self as the mask."""
+    """A batch item for one outline: its bounds as the box, itself as the mask prompt."""
     x0, y0, x1, y1 = geometry.bounds
     return BatchItem(prompt=Prompt.from_box((x0, y0, x1, y1)), class_name=class_name,
-                     color=color, mask=geometry_to_mask(geometry), source=source,
-                     object_id=object_id)
+                     color=color, geometry=geometry, source=source, object_id=object_id)
 
 
 def items_from_objects(objects: Iterable[AnnotationObject]) -> tuple[list[BatchItem], list[str]]:

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import PromptError
 from ..prompts import Prompt
 from ..slide import CropPair, Slide, concentric_crops
-from ..slide.crops import check_prompt_on_slide
+from ..slide.crops import fit_prompt
 from ..windows import Window
 from .crop_grid import CropPairCache, snapped_center
 
@@ -69,7 +69,7 @@ def segment_prompt(
     mpp) and `crop_cache` keeps the pixels, so a second prompt there runs only the decoder.
     Raises PromptError when the mask is empty.
     """
-    check_prompt_on_slide(slide, prompt)
+    prompt = fit_prompt(slide, prompt)  # cut to the slide, or refused in one line
     center = snapped_center(slide, prompt, hr_mpp=hr_mpp) if snap else None
     crops = crop_pair(slide, prompt, hr_mpp=hr_mpp, center=center, crop_cache=crop_cache)
     if crops.mpp_raised:

@@ -224,8 +224,7 @@ class AnnotationSession:
             return self._segment(request, prompt, started, refine=obj is not None)
         if isinstance(request, ReclassRequest):
             name = self.classes.add(request.class_name)
-            self.classes.ensure_stored(name)
-            self.store.reclass(request.ids, name)
+            self.store.reclass(request.ids, name, color=self.classes.color(name))
             return Outcome(request, f"{len(request.ids)} object(s) now {name}",
                            touched=self._sync())
         if isinstance(request, DeleteRequest):

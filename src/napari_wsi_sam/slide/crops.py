@@ -36,10 +36,30 @@ from .reader import Slide
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Crop", "CropMap", "CropPair", "check_prompt_on_slide", "concentric_crops",
-           "cut_crop"]
+__all__ = [
+    "Crop",
+    "CropMap",
+    "CropPair",
+    "check_hr_mpp",
+    "concentric_crops",
+    "cut_crop",
+    "fit_prompt",
+]
 
 _BAND_ROWS = 1024
+MIN_HR_MPP, MAX_HR_MPP = 0.05, 16.0
+"""HR pixel sizes a crop may have, µm/px: from beyond 100x to 0.6x (a crop of about 13 mm)."""
+MIN_CROP, MAX_CROP = 16, 4096
+MAX_LR_FACTOR = 8.0
+
+
+def check_hr_mpp(hr_mpp: object) -> float:
+    """An HR pixel size in the sane range, or a one-line SlideError naming the range."""
+    if not (isinstance(hr_mpp, int | float) and math.isfinite(hr_mpp)
+            and MIN_HR_MPP <= hr_mpp <= MAX_HR_MPP):
+        raise SlideError(f"the HR pixel size must be {MIN_HR_MPP:g}..{MAX_HR_MPP:g} µm/px "
+                         f"(40x is 0.25, 10x is 1.0), got {hr_mpp!r}")
+    return float(hr_mpp)
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,7 +143,7 @@ def concentric_crops(
     """
     _check_settings(hr_mpp=hr_mpp, size=size, lr_factor=lr_factor, margin=margin)
     mpp_x, mpp_y = slide.require_mpp()
-    check_prompt_on_slide(slide, prompt)
+    prompt = fit_prompt(slide, prompt)
     cx, cy = (float(v) for v in (prompt.center() if center is None else center))
     if not (math.isfinite(cx) and math.isfinite(cy)):
         raise PromptError(f"crop centre must be finite level-0 x, y; got {center!r}")
@@ -132,6 +152,11 @@ def concentric_crops(
     usable = (0.5 - margin) * size
     needed = float(max(half_x * mpp_x, half_y * mpp_y) / usable)
     used = max(float(hr_mpp), needed)
+    if used > MAX_HR_MPP:
+        fits = usable * 2 * MAX_HR_MPP / 1000
+        raise PromptError(f"the prompt spans {2 * half_x * mpp_x / 1000:.1f} x "
+                          f"{2 * half_y * mpp_y / 1000:.1f} mm; one crop holds at most about "
+                          f"{fits:.0f} mm: draw a smaller box, or several")
     if used > hr_mpp:
         logger.info("prompt spans %.0f x %.0f µm, too large for a %d px crop at %.4g µm/px with "
                     "%.0f%% margin; using %.4g µm/px", 2 * half_x * mpp_x, 2 * half_y * mpp_y,
@@ -142,12 +167,40 @@ def concentric_crops(
                     lr_factor=float(lr_factor), margin=float(margin))
 
 
-def check_prompt_on_slide(slide: Slide, prompt: Prompt) -> None:
-    """Raise PromptError when `prompt` lies entirely outside the slide."""
+def fit_prompt(slide: Slide, prompt: Prompt) -> Prompt:
+    """The prompt as the model can use it on this slide, or a one-line PromptError.
+
+    A box reaching past the slide's edges is cut to the slide; a prompt wholly off the slide,
+    a point off the slide, and a point far from its box (more than the box's own size away:
+    it would stretch the crop to no purpose) are refused, each saying why.
+    """
     width, height = slide.dimensions
     if prompt.is_outside(width, height):
-        raise PromptError(f"{prompt!r} lies entirely outside the {width}x{height} px slide "
-                          f"{slide.path.name}; prompts are level-0 pixels (x, y)")
+        raise PromptError(f"{prompt.describe()} lies entirely outside the {width}x{height} px "
+                          f"slide {slide.path.name}; prompts are level-0 pixels (x, y)")
+    for x, y in prompt.points:
+        if not (0 <= x < width and 0 <= y < height):
+            raise PromptError(f"point ({x:g}, {y:g}) lies outside the {width}x{height} px slide "
+                              f"{slide.path.name}; click on the slide")
+    box = prompt.box
+    if box is None:
+        return prompt
+    x0, y0, x1, y1 = (float(v) for v in box)
+    reach_x, reach_y = max(x1 - x0, 1.0), max(y1 - y0, 1.0)
+    for x, y in prompt.points:
+        if not (x0 - reach_x <= x <= x1 + reach_x and y0 - reach_y <= y <= y1 + reach_y):
+            raise PromptError(f"point ({x:g}, {y:g}) lies far outside its box "
+                              f"[{x0:g}, {y0:g}, {x1:g}, {y1:g}]; refining points go on or "
+                              "next to the object")
+    clipped = np.array([max(x0, 0.0), max(y0, 0.0), min(x1, float(width)),
+                        min(y1, float(height))])
+    if np.array_equal(clipped, box):
+        return prompt
+    if clipped[2] - clipped[0] < 1 or clipped[3] - clipped[1] < 1:
+        raise PromptError(f"box [{x0:g}, {y0:g}, {x1:g}, {y1:g}] only touches the edge of the "
+                          f"{width}x{height} px slide {slide.path.name}")
+    logger.info("box %s cut to the slide: %s", box.tolist(), clipped.tolist())
+    return Prompt(box=clipped, points=prompt.points, labels=prompt.labels)
 
 
 def cut_crop(slide: Slide, center: tuple[float, float], *, mpp: float, size: int = CROP_SIZE,
@@ -240,11 +293,12 @@ def _valid_mask(cmap: CropMap, dimensions: tuple[int, int]) -> np.ndarray:
 
 
 def _check_settings(*, hr_mpp: float, size: int, lr_factor: float, margin: float) -> None:
-    if not (isinstance(hr_mpp, int | float) and math.isfinite(hr_mpp) and hr_mpp > 0):
-        raise SlideError(f"HR pixel size must be a positive number of µm/px, got {hr_mpp!r}")
-    if not (isinstance(size, int | np.integer) and size >= 16):
-        raise SlideError(f"crop size must be an integer of at least 16 px, got {size!r}")
-    if not (math.isfinite(lr_factor) and lr_factor >= 1):
-        raise SlideError(f"LR factor must be a number >= 1, got {lr_factor!r}")
+    check_hr_mpp(hr_mpp)
+    if not (isinstance(size, int | np.integer) and MIN_CROP <= size <= MAX_CROP):
+        raise SlideError(f"crop size must be a whole number of {MIN_CROP}..{MAX_CROP} px, "
+                         f"got {size!r}")
+    if not (math.isfinite(lr_factor) and 1 <= lr_factor <= MAX_LR_FACTOR):
+        raise SlideError(f"LR factor must be a number in 1..{MAX_LR_FACTOR:g}, got "
+                         f"{lr_factor!r}")
     if not (0 <= margin < 0.5):
         raise SlideError(f"margin must be a fraction in [0, 0.5), got {margin!r}")

@@ -20,6 +20,8 @@ from collections.abc import Callable
 import dask.array as da
 import numpy as np
 
+from ..errors import SlideError
+
 logger = logging.getLogger(__name__)
 
 VIRTUAL_MIN_SIDE = 1024
@@ -123,7 +125,7 @@ def _select_yx_channels(arr: da.Array, axes: str, *, name: str,
     """Keep Y, X and one channel axis (S preferred, else C), channel last; (Y, X, C)."""
     axes = axes.upper()
     if len(axes) != arr.ndim or "Y" not in axes or "X" not in axes:
-        raise ValueError(f"{name}: cannot read image axes {axes!r} of shape {arr.shape}")
+        raise SlideError(f"{name}: cannot read image axes {axes!r} of shape {arr.shape}")
     channel = "S" if "S" in axes else ("C" if "C" in axes else None)
     index: list[slice | int] = []
     kept = ""

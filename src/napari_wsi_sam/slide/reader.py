@@ -22,7 +22,7 @@ from types import TracebackType
 import dask.array as da
 import numpy as np
 
-from ..errors import MppMissingError, SlideError
+from ..errors import MppMissingError, SlideError, one_line
 from . import sources
 from .pyramid import add_virtual_levels
 
@@ -168,9 +168,10 @@ class Slide:
                  x1: int) -> np.ndarray:
         try:
             return np.asarray(arr[y0:y1, x0:x1].compute(scheduler="threads"))
-        except (RuntimeError, ValueError, OSError, KeyError, IndexError) as err:
+        except sources.READ_ERRORS as err:
             raise SlideError(f"{self.path}: could not decode level {level} pixels x {x0}:{x1}, "
-                             f"y {y0}:{y1} ({err}); the file may be corrupt or truncated"
+                             f"y {y0}:{y1} ({one_line(err)}); the file may be corrupt or "
+                             "truncated"
                              ) from err
 
     # -- lifetime --------------------------------------------------------------------------
@@ -212,10 +213,14 @@ def check_mpp(mpp: float | Sequence[float], *, path: Path | str) -> tuple[float,
     except (TypeError, ValueError, IndexError) as err:
         raise SlideError(f"pixel size for {Path(path).name} must be a number of µm/px, "
                          f"got {mpp!r}") from err
-    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in pair):
-        raise SlideError(f"pixel size for {Path(path).name} must be a positive number of µm/px, "
-                         f"got {mpp!r}")
+    if len(values) != 2 or not all(math.isfinite(v) and MIN_MPP <= v <= MAX_MPP for v in pair):
+        raise SlideError(f"pixel size for {Path(path).name} must be {MIN_MPP:g}..{MAX_MPP:g} "
+                         f"µm/px (a 40x scan is about 0.25), got {mpp!r}")
     return pair
+
+
+MIN_MPP, MAX_MPP = 0.01, 100.0
+"""Pixel sizes a user may give a slide, µm/px."""
 
 
 def open_slide(path: str | Path, *, mpp: float | tuple[float, float] | None = None) -> Slide:

@@ -8,8 +8,11 @@ truncated) becomes a one-line `SlideError` naming the file and what to do.
 from __future__ import annotations
 
 import logging
+import re
 import struct
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,7 +22,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from ..errors import SlideError
+from ..errors import SlideError, one_line
 from .metadata import read_metadata
 from .pyramid import to_rgb8, value_scale
 
@@ -27,10 +30,16 @@ logger = logging.getLogger(__name__)
 
 TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 ASSOCIATED_NAMES = {"thumbnail", "label", "macro", "map", "overview"}
-_READ_ERRORS = (tifffile.TiffFileError, OSError, ValueError, RuntimeError, KeyError,
-                IndexError, TypeError, struct.error, zarr.errors.BaseZarrError)
+READ_ERRORS = (tifffile.TiffFileError, OSError, ValueError, RuntimeError, KeyError,
+               IndexError, TypeError, ArithmeticError, struct.error, zarr.errors.BaseZarrError)
+"""What tifffile, zarr and the codecs raise on damaged bytes (found by fuzzing the test
+slides: a zero RowsPerStrip divides by zero, a bad offset overflows)."""
 _SAMPLE_LIMIT = 4096 * 4096
 _PROBE_IMAGE_LIMIT = 50_000_000
+MAX_CHUNK_BYTES = 1 << 30
+"""A tile or strip is decoded whole on every read: larger ones are refused at open (a 132-byte
+TIFF can claim a single 1 TB strip)."""
+_RETILE = "re-export it as a tiled TIFF, e.g. `vips tiffsave IN OUT.tif --tile --pyramid`"
 _FIX = "check that the file is a complete, uncorrupted slide (re-copy or re-export it)"
 
 
@@ -74,7 +83,7 @@ def open_source(path: Path) -> Opened:
 def _open_tiff(path: Path) -> Opened:
     try:
         tif = tifffile.TiffFile(path)
-    except _READ_ERRORS as err:
+    except READ_ERRORS as err:
         raise SlideError(f"{path} is not a readable TIFF ({_short(err)}); {_FIX}") from err
     closers: list[Callable[[], None]] = [tif.close]
     try:
@@ -83,7 +92,7 @@ def _open_tiff(path: Path) -> Opened:
     except SlideError:
         _close_all(closers)
         raise
-    except _READ_ERRORS as err:
+    except READ_ERRORS as err:
         _close_all(closers)
         raise SlideError(f"{path} cannot be read as a slide ({_short(err)}); {_FIX}") from err
     return opened
@@ -111,10 +120,14 @@ def _tiff_levels(tif: tifffile.TiffFile, path: Path, closers: list) -> Opened:
     for lvl in level_series:
         _check_not_truncated(lvl, file_size, path)
     raw = [_dask_of(owner, closers, level=i) for owner, i in stores]
+    for arr in raw:
+        _check_chunks(arr, path)
     name = path.name
     factor = _value_factor(raw[-1], level_series[-1].axes)
     levels = [to_rgb8(a, s.axes, scale=factor, name=name, log=i == 0)
               for i, (a, s) in enumerate(zip(raw, level_series, strict=True))]
+    if any(0 in a.shape[:2] for a in levels):
+        raise SlideError(f"{path} claims an image of 0 pixels; {_FIX}")
     h0, w0 = levels[0].shape[:2]
     scales = [(w0 / a.shape[1], h0 / a.shape[0]) for a in levels]
     associated = {}
@@ -125,8 +138,9 @@ def _tiff_levels(tif: tifffile.TiffFile, path: Path, closers: list) -> Opened:
         key = key if key not in associated else f"{key}{i}"
         try:
             arr = _dask_of(s, closers)
+            _check_chunks(arr, path)
             associated[key] = to_rgb8(arr, s.axes, scale=_value_factor(arr, s.axes), name=name)
-        except (ValueError, *_READ_ERRORS) as err:
+        except (ValueError, SlideError, *READ_ERRORS) as err:
             logger.warning("%s: skipping associated image %r (%s)", name, key, _short(err))
     return Opened(levels=levels, scales=scales, vendor=meta.vendor, mpp=meta.mpp,
                   objective_power=meta.objective_power, associated=associated,
@@ -163,6 +177,13 @@ def _dask_of(s: tifffile.TiffPageSeries, closers: list, *, level: int = 0) -> da
     return da.from_zarr(arr)
 
 
+def _check_chunks(arr: da.Array, path: Path) -> None:
+    nbytes = int(np.prod(arr.chunksize, dtype=np.float64)) * arr.dtype.itemsize
+    if nbytes > MAX_CHUNK_BYTES:
+        raise SlideError(f"{path} stores its image in {nbytes / 2**30:.3g} GiB strips or tiles, "
+                         f"too large to read piecewise (limit 1 GiB); {_RETILE}")
+
+
 def _value_factor(arr: da.Array, axes: str) -> float | None:
     """Scale for non-uint8 data, from the coarsest level's peak when that level is small."""
     if arr.dtype in (np.uint8, np.bool_):
@@ -178,7 +199,7 @@ def _probe(level: da.Array, path: Path) -> None:
     """Decode one tile of the coarsest level, so corrupt or unsupported files fail at open."""
     try:
         level[:1, :1].compute(scheduler="threads")
-    except _READ_ERRORS as err:
+    except READ_ERRORS as err:
         raise SlideError(f"{path} cannot be decoded ({_short(err)}); the file is corrupt or uses "
                          "an unsupported compression; re-export it as tiled JPEG or deflate TIFF"
                          ) from err
@@ -189,8 +210,11 @@ def _open_image(path: Path) -> Opened:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with _quiet_bombs(), Image.open(path) as im:
             mode, (w, h) = im.mode, im.size
+    except Image.DecompressionBombError as err:
+        raise SlideError(f"{path} is a plain image too large to decode whole "
+                         f"({_megapixels(err)}); {_RETILE}") from err
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise SlideError(f"{path} is neither a TIFF slide nor an image file; give an .svs, .tif, "
                          ".ndpi, .ome.tif, .jpg or .png") from err
@@ -230,7 +254,7 @@ class _LazyImage:
         if self._data is None:
             from PIL import Image
 
-            with Image.open(self.path) as im:
+            with _quiet_bombs(), Image.open(self.path) as im:
                 keep = im.mode == self.target or self.mode in ("I;16", "I;16B")
                 data = np.asarray(im if keep else im.convert(self.target))
             self._data = data.astype(self.dtype, copy=False).reshape(self.shape)
@@ -244,6 +268,16 @@ class _LazyImage:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+@contextmanager
+def _quiet_bombs() -> Iterator[None]:
+    """Pillow warns between its soft and hard pixel limits; below the hard one we decode."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def _yx(s: tifffile.TiffPageSeries) -> tuple[int, int]:
     return int(s.shape[s.axes.index("Y")]), int(s.shape[s.axes.index("X")])
 
@@ -256,9 +290,16 @@ def _area(s: tifffile.TiffPageSeries) -> int:
     return h * w
 
 
+def _megapixels(err: BaseException) -> str:
+    """'900 megapixels, limit 179' from Pillow's decompression-bomb message."""
+    sizes = [int(n) for n in re.findall(r"\d{4,}", str(err))]
+    if len(sizes) != 2:
+        return _short(err)
+    return f"{sizes[0] / 1e6:.0f} megapixels, limit {sizes[1] / 1e6:.0f}"
+
+
 def _short(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) < 160 else text[:157] + "..."
+    return one_line(err, 160)
 
 
 def _close_all(closers: list[Callable[[], None]]) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..annotations import AnnotationObject, read_geojson
 from ..assets import fetch
-from ..errors import AnnotationError, SlideError
+from ..errors import AnnotationError, SlideError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -197,8 +197,9 @@ def _is_coco(path: Path) -> bool:
 def _manifest(path: Path, *, mpp: float | None) -> list[AnnotatedImage]:
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise AnnotationError(f"{path.name} is not a JSON manifest: {error}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise AnnotationError(f"{path.name} is not a JSON manifest ({one_line(error)}); "
+                              "see docs/training.md for its layout") from None
     if not isinstance(data, dict):
         raise AnnotationError(f"{path.name}: a manifest is a JSON object with 'items' or 'coco'")
     name = str(data.get("name") or path.stem)

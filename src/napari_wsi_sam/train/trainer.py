@@ -18,9 +18,7 @@ import copy
 import csv
 import functools
 import logging
-import pickle
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..errors import TrainingCancelled, TrainingError
+from ..errors import TrainingCancelled, TrainingError, one_line
 from ..model.decoder_checkpoint import save_sam_decoder
 from ..model.device import encoder_dtype, resolve_device
 from ..model.encoder import EncoderOutput
@@ -418,9 +416,8 @@ def _load_state(path: Path, config: TrainConfig, trainable: Trainable,
                 optimiser: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]]]:
     try:  # tensors and plain settings only: a crafted file cannot run code here
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError,
-            zipfile.BadZipFile) as error:
-        reason = " ".join(str(error).split())[:200]
+    except Exception as error:  # a damaged pickle can raise anything
+        reason = one_line(error)
         raise TrainingError(f"cannot resume from {path} ({reason}); delete it to start over"
                             ) from None
     if not isinstance(state, dict) or state.get("format") != "napari-wsi-sam-train-state":

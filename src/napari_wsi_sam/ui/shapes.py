@@ -9,7 +9,6 @@ from napari.layers import Shapes
 from shapely import affinity
 from shapely.geometry import Point, Polygon
 
-from ..annotations import geometry_to_mask
 from ..pipeline.items import BatchItem
 from ..prompts import Prompt
 from .coords import world_to_slide
@@ -17,21 +16,20 @@ from .coords import world_to_slide
 
 def shapes_to_items(layer: Shapes, slide_layer: Any, *, with_masks: bool) -> list[BatchItem]:
     """Every shape as a box prompt in level-0 pixels, with its class from a 'class' feature
-    and, optionally, its own mask (an ellipse's or polygon's outline) as a mask prompt."""
+    and, optionally, its own outline (an ellipse's or polygon's) as a mask prompt."""
     classes = layer.features["class"] if "class" in layer.features else None
     items = []
     for index, vertices in enumerate(layer.data):
         world = np.asarray(vertices)[:, -2:] * layer.scale[-2:] + layer.translate[-2:]
         xy = world_to_slide(world, scale=slide_layer.scale, translate=slide_layer.translate)
         box = np.concatenate([xy.min(axis=0), xy.max(axis=0)])
-        mask = None
+        outline = None
         if with_masks and len(xy) >= 3:
             outline = (_ellipse(xy) if layer.shape_type[index] == "ellipse"
                        else Polygon(xy).buffer(0))
-            mask = geometry_to_mask(outline)
         name = str(classes.iloc[index]) if classes is not None else ""
-        items.append(BatchItem(prompt=Prompt(box=box), class_name=name or None, mask=mask,
-                               source=f"{layer.name}[{index}]"))
+        items.append(BatchItem(prompt=Prompt(box=box), class_name=name or None,
+                               geometry=outline, source=f"{layer.name}[{index}]"))
     return items
 
 
