@@ -28,6 +28,9 @@ RULES = [
     ("napari_wsi_sam.scale", ["numpy", "torch"]),
     ("napari_wsi_sam.windows", ["torch"]),
     ("napari_wsi_sam.session", ["napari", "qtpy", "magicgui"]),
+    ("napari_wsi_sam.cohort.batch", ["napari", "qtpy", "magicgui"]),
+    ("napari_wsi_sam.cohort.manifest", ["torch", "napari", "distributed"]),
+    ("napari_wsi_sam.slide.tissue", ["torch", "napari"]),
     ("napari_wsi_sam.annotations.object_store", ["torch", "napari", "qtpy"]),
 ]
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "napari_wsi_sam"

@@ -14,6 +14,16 @@ logger = logging.getLogger(__name__)
 RGB = tuple[int, int, int]
 FALLBACK: RGB = (255, 255, 0)
 """Yellow: what an unreadable colour is shown as."""
+DEFAULT_CLASSES = {"tumour": "#e41a1c", "DCIS": "#984ea3", "stroma": "#4daf4a",
+                   "necrosis": "#ff7f00", "other": "#ffff33"}
+"""The classes offered before any is stored, with their colours."""
+EXTRA_COLORS = ["#377eb8", "#a65628", "#f781bf", "#17becf", "#999999"]
+"""Colours of new classes, in turn."""
+
+
+def palette_color(name: str, known: int) -> str:
+    """A new class's colour: its default one, else the next extra colour after `known`."""
+    return DEFAULT_CLASSES.get(name, EXTRA_COLORS[known % len(EXTRA_COLORS)])
 
 
 def as_rgb(color: object) -> RGB | None:

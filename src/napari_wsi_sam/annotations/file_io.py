@@ -134,3 +134,25 @@ def read_json(source: Path, *, expected: str) -> Any:
     except json.JSONDecodeError as err:
         raise AnnotationError(f"{source.name} is not valid JSON ({err.msg} at line "
                               f"{err.lineno}, column {err.colno}); give {expected}") from err
+
+
+def check_output_path(path: Path, *, flag: str = "--out") -> None:
+    """`path` must be a file we may write, in a folder that exists: said before any work. A
+    probe file is made and removed, as permissions alone miss read-only file systems (and
+    everything is writable to root). `flag` names the option in the message."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise AnnotationError(f"{flag} {path} is a folder; give a file name, e.g. "
+                              f"{path / 'objects.geojson'}")
+    if not parent.is_dir():
+        raise AnnotationError(f"cannot write {path}: folder {parent} does not exist")
+    probe = parent / f".{path.name}.{os.getpid()}.probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as error:
+        raise AnnotationError(f"cannot write {path}: {error.strerror or error}; choose "
+                              f"another {flag}") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise AnnotationError(f"cannot write {path}: no permission to write it; choose "
+                              f"another {flag}")

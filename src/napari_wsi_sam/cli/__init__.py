@@ -15,10 +15,11 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import WsiSamError, one_line
-from . import data, demo, evaluate, heads, objects, segment, slide, train, view, weights
+from . import cohort, data, demo, evaluate, heads, objects, segment, slide, train, view, weights
 from .args import OneLineParser
 
-COMMAND_MODULES = [data, slide, demo, segment, objects, train, evaluate, heads, view, weights]
+COMMAND_MODULES = [data, slide, demo, segment, objects, cohort, train, evaluate, heads, view,
+                   weights]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..annotations.file_io import check_output_path
 from ..errors import AnnotationError, PromptError, StoreError
 from ..model.registry import MODEL_NAMES
 from ..prompts import Prompt
@@ -102,6 +103,8 @@ def _segment(args: argparse.Namespace) -> int:
     from ..model.build import build_predictor
     from ..pipeline import BatchItem, export_geojson, items_from_geojson
     from ..pipeline.batch import fit_item
+    from ..pipeline.embedding_store import attach as attach_embeddings
+    from ..pipeline.objects import ensure_classes
     from ..slide import open_slide
 
     _check_args(args)
@@ -128,8 +131,9 @@ def _segment(args: argparse.Namespace) -> int:
             if store.read_only:  # say so before the model loads, not after it ran
                 raise StoreError(f"{store.path} is read-only: choose a folder you can write "
                                  "to with --labels DIR")
-            _class_colors(store, items, args)
-            predictor = build_predictor(choice, device=args.device)
+            ensure_classes(store, items, default_class=args.class_name,
+                           color=None if args.color is None else tuple(args.color))
+            predictor = attach_embeddings(build_predictor(choice, device=args.device))
             ids = _run_batch(slide, items, predictor, store=store, args=args, mpp=mpp,
                              choice=choice, hr_mpp=hr_mpp)
             try:
@@ -142,22 +146,6 @@ def _segment(args: argparse.Namespace) -> int:
             folder = store.folder
     print(f"{written} objects written to {args.out} (objects in {folder})")
     return 0
-
-
-def _class_colors(store, items, args: argparse.Namespace) -> None:
-    """--color sets the class's colour; a class new to the store gets the default palette's."""
-    from ..session.classes import DEFAULT_CLASSES, EXTRA_COLORS
-
-    known = store.classes()
-    if args.color is not None:
-        store.set_class(args.class_name, tuple(args.color))
-        known[args.class_name] = args.color
-    for item in items:
-        name = item.class_name or args.class_name
-        if name not in known:
-            color = item.color or DEFAULT_CLASSES.get(name, EXTRA_COLORS[len(known) % 5])
-            store.set_class(name, color)
-            known[name] = color
 
 
 def _run_batch(slide, items, predictor, *, store, args: argparse.Namespace,
@@ -216,31 +204,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise PromptError("--mask-prompts applies to --prompts only")
     if args.color is not None and not all(0 <= v <= 255 for v in args.color):
         raise PromptError(f"--color needs three values 0..255, got {args.color}")
-    check_output(args.out)
+    check_output_path(args.out, flag="--out")
     if args.labels is not None and args.labels.exists() and not args.labels.is_dir():
         raise StoreError(f"--labels {args.labels} is a file; give the folder of an object store "
                          "(or a new folder)")
-
-
-def check_output(path: Path) -> None:
-    """--out must be a file we may write, in a folder that exists: said before any work. A
-    probe file is made and removed, as permissions alone miss read-only file systems (and
-    everything is writable to root)."""
-    import os
-
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise AnnotationError(f"--out {path} is a folder; give a file name, e.g. "
-                              f"{path / 'objects.geojson'}")
-    if not parent.is_dir():
-        raise AnnotationError(f"cannot write {path}: folder {parent} does not exist")
-    probe = parent / f".{path.name}.{os.getpid()}.probe"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        probe.unlink()
-    except OSError as error:
-        raise AnnotationError(f"cannot write {path}: {error.strerror or error}; choose "
-                              "another --out") from None
-    if path.exists() and not os.access(path, os.W_OK):
-        raise AnnotationError(f"cannot write {path}: no permission to write it; choose "
-                              "another --out")

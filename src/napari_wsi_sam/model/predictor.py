@@ -22,7 +22,7 @@ import threading
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -53,6 +53,7 @@ from .prompt_arrays import (
 )
 from .registry import BASE_MODELS
 from .sam import SamParts, load_sam
+from .weights import weights_id
 from .wsi_sam import WsiSam, WsiSamHead, sam_forward, upsample_logits
 
 __all__ = ["MASK_FILL", "Prediction", "WsiSamPredictor", "concentric_hr_to_lr", "map_masks"]
@@ -85,6 +86,12 @@ class Prediction:
     model: str = "wsi-sam"
     score_kind: str = "predicted_iou"
     """"predicted_iou" (SAM's IoU head) or "stability" (of these logits: `registry.SCORE_NAMES`)."""
+
+
+class StoredOutputs(Protocol):
+    """Encoder outputs kept somewhere else (on disk), under the caller's cache key."""
+
+    def load(self, base: str, key: Hashable, weights: str) -> EncoderOutput | None: ...
 
 
 class WsiSamPredictor:
@@ -132,6 +139,8 @@ class WsiSamPredictor:
         encoder_dtype(self._device, precision)  # fails early on an unknown name
         self.precision = precision
         self.cache = cache if cache is not None else EmbeddingCache(cache_bytes)
+        self.embeddings: StoredOutputs | None = None
+        """Encoder outputs kept on disk (`pipeline.embedding_store`), read on a cache miss."""
         self.encoder_calls = 0
         self._checkpoints = dict(checkpoints or {})
         self._parts: dict[str, SamParts] = {}
@@ -218,6 +227,12 @@ class WsiSamPredictor:
             cached = self.cache.get(cache_key)
             if cached is not None:
                 return cached
+            if self.embeddings is not None:
+                parts = self.parts(base)
+                stored = self.embeddings.load(base, key, weights_id(base, parts.checkpoint))
+                if stored is not None:
+                    self.cache.put(cache_key, stored)
+                    return stored
         _check_image(image)
         try:
             out = self._run_encoder(image, base)

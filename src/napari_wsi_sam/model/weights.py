@@ -13,6 +13,7 @@ Files found in 2 or 3 must match the registry's size and sha256.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterable
@@ -169,3 +170,18 @@ def _check(item: PackagedFile, path: Path, *, verify: bool, fix: str) -> None:
     if _state(item, path, verify=verify) == "corrupt":
         raise WeightsError(f"{path} is corrupt (size or sha256 differs from {item.release}'s "
                            f"{item.name}); {fix}")
+
+
+def weights_id(base: str, checkpoint: Path | None) -> str:
+    """'mobile_sam-<sha256[:16]>': the SAM variant and a digest of the weights file its
+    encoder was loaded from, which is what makes an encoder output (stored embeddings are
+    keyed by it)."""
+    if checkpoint is None:
+        return base
+    stat = Path(checkpoint).stat()
+    return f"{base}-{_digest(str(checkpoint), stat.st_size, stat.st_mtime_ns)}"
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    return assets.sha256_of(Path(path))[:16]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -36,7 +36,7 @@ from ..slide import CropPair, Slide
 from ..slide.crops import fit_prompt
 from .crop_grid import CropPairCache, snapped_center
 from .items import BatchItem, Provenance, resume_key
-from .objects import refine_stored, store_segmented
+from .objects import Outline, refine_stored, store_segmented
 from .segment import (
     EMPTY_MASK,
     TINY_MASK,
@@ -165,13 +165,9 @@ def refine_batch(
     total = len(items)
     provenance = provenance or Provenance(getattr(predictor, "model", "sam"), hr_mpp=hr_mpp)
     group = group or store.new_group()
-    keys = [resume_key(slide, item, provenance, use_mask_prompts=use_mask_prompts)
-            for item in items]
-    done_before = store.live_by_resume_key(keys) if (skip_done or force) else {}
-    groups, errors, fitted = _fitted_groups(slide, items, hr_mpp=hr_mpp)
-    items = [fitted.get(i, item) for i, item in enumerate(items)]
-    logger.info("batch refine: %d items in %d crop groups, %d off the slide, %d done before",
-                total, len(groups), len(errors), len(done_before))
+    plan = plan_batch(slide, items, store, provenance=provenance, hr_mpp=hr_mpp,
+                      use_mask_prompts=use_mask_prompts, look_up=skip_done or force)
+    items = plan.items
     started = time.perf_counter()
     count = 0
 
@@ -187,46 +183,94 @@ def refine_batch(
         return BatchProgress(done=count, total=total, object_id=object_id, error=error,
                              seconds_left=left, index=index, skipped=skipped, reason=reason)
 
-    for index, reason in errors.items():
+    for index, reason in plan.errors.items():
         yield progress(index, None, reason)
-    for crop_group in groups:
-        todo = []
+    for crop_group in plan.groups:
+        todo = plan.todo(crop_group, force=force)
+        running = set(todo)
         for index in crop_group.indices:
-            if keys[index] in done_before and not force:
-                yield progress(index, done_before[keys[index]], None, skipped=True)
-            else:
-                todo.append(index)
+            if index not in running:
+                yield progress(index, plan.done_before[plan.keys[index]], None, skipped=True)
         if not todo:
             continue
-        first = items[todo[0]].prompt
-        crops = crop_pair(slide, first, hr_mpp=hr_mpp, center=crop_group.center,
-                          crop_cache=crop_cache)
-        for sub in _by_prompt_kind(items, todo, use_mask_prompts=use_mask_prompts):
-            for start in range(0, len(sub), max(1, decoder_batch)):
-                part = sub[start:start + max(1, decoder_batch)]
-                results = _predict_group(slide, crops, [items[i] for i in part], predictor,
-                                         use_mask_prompts=use_mask_prompts)
-                for index, result in zip(part, results, strict=True):
-                    item = items[index]
-                    if isinstance(result, str):
-                        yield progress(index, None, result)
-                        continue
-                    object_id = _store(store, item, result, provenance=provenance,
-                                       default_class=default_class, key=keys[index],
-                                       existing=done_before.get(keys[index]), group=group)
-                    yield progress(index, object_id, None)
+        for results in segment_group(slide, items, todo, predictor, hr_mpp=hr_mpp,
+                                     center=crop_group.center, crop_cache=crop_cache,
+                                     use_mask_prompts=use_mask_prompts,
+                                     decoder_batch=decoder_batch):
+            for index, result in results:
+                if isinstance(result, str):
+                    yield progress(index, None, result)
+                    continue
+                object_id = store_result(store, plan, index, result, provenance=provenance,
+                                         default_class=default_class, group=group)
+                yield progress(index, object_id, None)
 
 
-def _store(store: ObjectStore, item: BatchItem, obj: SegmentedObject, *,
-           provenance: Provenance, default_class: str, key: str, existing: int | None,
-           group: str) -> int:
-    """A new object, or a new version of the item's object (or of the one a forced rerun
-    redoes)."""
+@dataclass
+class BatchPlan:
+    """What a batch will do: the items fitted to the slide, their resume keys, the objects
+    earlier runs made for them (key -> id), the crop groups and the items that cannot run
+    (index -> one-line reason)."""
+
+    items: list[BatchItem]
+    keys: list[str]
+    done_before: dict[str, int]
+    groups: list[CropGroup]
+    errors: dict[int, str]
+
+    def todo(self, group: CropGroup, *, force: bool) -> list[int]:
+        """The group's items still to segment (all of them with `force`)."""
+        return [i for i in group.indices if force or self.keys[i] not in self.done_before]
+
+    def outstanding(self, *, force: bool) -> int:
+        return sum(len(self.todo(g, force=force)) for g in self.groups)
+
+
+def plan_batch(slide: Slide, items: Sequence[BatchItem], store: ObjectStore, *,
+               provenance: Provenance, hr_mpp: float, use_mask_prompts: bool,
+               look_up: bool = True) -> BatchPlan:
+    """Fit, key and group the items; with `look_up`, find the ones earlier runs stored."""
+    keys = [resume_key(slide, item, provenance, use_mask_prompts=use_mask_prompts)
+            for item in items]
+    done_before = store.live_by_resume_key(keys) if look_up else {}
+    groups, errors, fitted = _fitted_groups(slide, items, hr_mpp=hr_mpp)
+    logger.info("batch refine: %d items in %d crop groups, %d off the slide, %d done before",
+                len(items), len(groups), len(errors), len(done_before))
+    return BatchPlan([fitted.get(i, item) for i, item in enumerate(items)], keys, done_before,
+                     groups, errors)
+
+
+def segment_group(slide: Slide, items: Sequence[BatchItem], indices: Sequence[int],
+                  predictor: object, *, hr_mpp: float, center: tuple[float, float] | None,
+                  use_mask_prompts: bool = False, decoder_batch: int = DECODER_BATCH,
+                  crop_cache: CropPairCache | None = None
+                  ) -> Iterator[list[tuple[int, SegmentedObject | str]]]:
+    """Segment the items `indices` of one crop group (crops centred on `center`), one list
+    of (index, object or one-line error) per decoder batch of at most `decoder_batch`.
+    The same code runs in one process (`refine_batch`) and on a cluster's workers."""
+    crops = crop_pair(slide, items[indices[0]].prompt, hr_mpp=hr_mpp, center=center,
+                      crop_cache=crop_cache)
+    step = max(1, decoder_batch)
+    for sub in _by_prompt_kind(items, list(indices), use_mask_prompts=use_mask_prompts):
+        for start in range(0, len(sub), step):
+            part = sub[start:start + step]
+            results = _predict_group(slide, crops, [items[i] for i in part], predictor,
+                                     use_mask_prompts=use_mask_prompts)
+            yield list(zip(part, results, strict=True))
+
+
+def store_result(store: ObjectStore, plan: BatchPlan, index: int,
+                 result: SegmentedObject | Outline, *, provenance: Provenance,
+                 default_class: str, group: str) -> int:
+    """Store item `index`'s object: a new object with its resume key, or a new version of
+    the item's object (or of the one a forced rerun redoes). Returns the object's id."""
+    item, key = plan.items[index], plan.keys[index]
+    existing = plan.done_before.get(key)
     target = item.object_id if item.object_id is not None else existing
     if target is not None:
-        refine_stored(store, target, obj, provenance=provenance, group=group)
+        refine_stored(store, target, result, provenance=provenance, group=group)
         return target
-    return store_segmented(store, obj, class_name=item.class_name or default_class,
+    return store_segmented(store, result, class_name=item.class_name or default_class,
                            provenance=provenance, resume_key=key, group=group)
 
 

@@ -14,6 +14,30 @@ from collections.abc import Callable, Hashable
 from ..prompts import Prompt
 from ..scale import CROP_SIZE
 from ..slide import CropPair, Slide
+from ..slide.tissue import TissueMask
+
+
+def grid_step(slide: Slide, *, hr_mpp: float, size: int = CROP_SIZE) -> tuple[float, float]:
+    """Level-0 px (x, y) between neighbouring nodes: half an HR crop."""
+    mpp_x, mpp_y = slide.require_mpp()
+    return size / 2 * hr_mpp / mpp_x, size / 2 * hr_mpp / mpp_y
+
+
+def grid_nodes(slide: Slide, *, hr_mpp: float, tissue: TissueMask | None = None,
+               size: int = CROP_SIZE) -> list[tuple[float, float]]:
+    """Every node (level-0 x, y) prompts on the slide can snap to, row by row; with
+    `tissue`, only nodes whose cell (the points nearer to it than to any other node) holds
+    tissue."""
+    step_x, step_y = grid_step(slide, hr_mpp=hr_mpp, size=size)
+    width, height = slide.dimensions
+    nodes = []
+    for j in range(round(height / step_y) + 1):
+        for i in range(round(width / step_x) + 1):
+            x, y = i * step_x, j * step_y
+            if tissue is None or tissue.any_in(x - step_x / 2, y - step_y / 2,
+                                               x + step_x / 2, y + step_y / 2):
+                nodes.append((x, y))
+    return nodes
 
 
 def snapped_center(slide: Slide, prompt: Prompt, *, hr_mpp: float, size: int = CROP_SIZE,
@@ -21,7 +45,7 @@ def snapped_center(slide: Slide, prompt: Prompt, *, hr_mpp: float, size: int = C
     """The grid node nearest the prompt's centre (level-0 x, y) when the prompt's bounds
     stay ``margin * size`` HR pixels inside the HR crop around it; else the prompt's centre."""
     mpp_x, mpp_y = slide.require_mpp()
-    step_x, step_y = size / 2 * hr_mpp / mpp_x, size / 2 * hr_mpp / mpp_y
+    step_x, step_y = grid_step(slide, hr_mpp=hr_mpp, size=size)
     cx, cy = (float(v) for v in prompt.center())
     node = (round(cx / step_x) * step_x, round(cy / step_y) * step_y)
     x0, y0, x1, y1 = prompt.bounds()

@@ -9,15 +9,16 @@ parent and version.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..annotations.colors import as_rgb
+from ..annotations.colors import as_hex, as_rgb, palette_color
 from ..annotations.geojson import AnnotationObject, read_geojson, write_geojson
 from ..annotations.object_store import NewObject, ObjectStore, StoredObject
-from ..annotations.polygons import mask_to_geometry
+from ..annotations.polygons import Areal, mask_to_geometry
 from ..prompts import Prompt
-from .items import Provenance
+from .items import BatchItem, Provenance
 from .segment import SegmentedObject
 
 logger = logging.getLogger(__name__)
@@ -31,24 +32,59 @@ def record_prompt(obj: SegmentedObject, prompt: Prompt | None = None) -> dict:
     return {**(prompt or obj.prompt).to_dict(), "hr_mpp": float(obj.crops.hr_mpp)}
 
 
-def store_segmented(store: ObjectStore, obj: SegmentedObject, *, class_name: str,
+@dataclass(frozen=True, eq=False)
+class Outline:
+    """What the store keeps of a segmented object: its exact outline (level-0 px), score and
+    prompt. A few kB, so workers of a cluster send these, never masks or crops."""
+
+    geometry: Areal
+    score: float
+    score_kind: str
+    model: str
+    prompt: dict
+
+
+def outline_of(obj: SegmentedObject) -> Outline:
+    """The object's mask traced into its exact outline (`annotations.polygons`)."""
+    return Outline(mask_to_geometry(obj.mask, obj.window), obj.score, obj.score_kind,
+                   obj.model, record_prompt(obj))
+
+
+def store_segmented(store: ObjectStore, obj: SegmentedObject | Outline, *, class_name: str,
                     provenance: Provenance | None = None, resume_key: str | None = None,
                     group: str | None = None) -> int:
     """Add `obj` to `store` as a new object (one transaction); returns its id."""
-    provenance = provenance or Provenance(obj.model)
-    return store.add(mask_to_geometry(obj.mask, obj.window), class_name=class_name,
-                     model=provenance.model, head=provenance.head, score=obj.score,
-                     score_kind=obj.score_kind, prompt=record_prompt(obj),
-                     resume_key=resume_key, group=group)
+    outline = obj if isinstance(obj, Outline) else outline_of(obj)
+    provenance = provenance or Provenance(outline.model)
+    return store.add(outline.geometry, class_name=class_name, model=provenance.model,
+                     head=provenance.head, score=outline.score, score_kind=outline.score_kind,
+                     prompt=outline.prompt, resume_key=resume_key, group=group)
 
 
-def refine_stored(store: ObjectStore, object_id: int, obj: SegmentedObject, *,
+def refine_stored(store: ObjectStore, object_id: int, obj: SegmentedObject | Outline, *,
                   provenance: Provenance | None = None, group: str | None = None) -> int:
-    """A new version of object `object_id` with `obj`'s mask; returns the version number."""
-    provenance = provenance or Provenance(obj.model)
-    return store.refine(object_id, mask_to_geometry(obj.mask, obj.window),
-                        model=provenance.model, head=provenance.head, score=obj.score,
-                        score_kind=obj.score_kind, prompt=record_prompt(obj), group=group)
+    """A new version of object `object_id` with `obj`'s outline; returns the version number."""
+    outline = obj if isinstance(obj, Outline) else outline_of(obj)
+    provenance = provenance or Provenance(outline.model)
+    return store.refine(object_id, outline.geometry, model=provenance.model,
+                        head=provenance.head, score=outline.score,
+                        score_kind=outline.score_kind, prompt=outline.prompt, group=group)
+
+
+def ensure_classes(store: ObjectStore, items: Iterable[BatchItem], *, default_class: str,
+                   color: tuple[int, int, int] | None = None) -> None:
+    """Store the classes a batch will use before it runs: `color` (if given) for
+    `default_class`, an item's own colour for its class, else the default palette's."""
+    known = store.classes()
+    if color is not None:
+        store.set_class(default_class, color)
+        known[default_class] = as_hex(color)
+    for item in items:
+        name = item.class_name or default_class
+        if name not in known:
+            chosen = item.color or palette_color(name, len(known))
+            store.set_class(name, chosen)
+            known[name] = as_hex(chosen)
 
 
 def annotation_object(obj: StoredObject, colors: dict[str, str]) -> AnnotationObject:

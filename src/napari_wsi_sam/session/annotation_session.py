@@ -41,6 +41,7 @@ from ..pipeline import (
     segment_prompt,
     store_segmented,
 )
+from ..pipeline.embedding_store import attach as attach_embeddings
 from ..prompts import Prompt
 from ..scale import DEFAULT_HR_MPP, scale_text
 from ..slide import Slide, open_slide
@@ -115,13 +116,14 @@ class AnnotationSession:
         return registry.scale_warning(self.choice, self.hr_mpp)
 
     def predictor(self) -> Any:
-        """The predictor of the current model and device, loaded once (MobileSAM shared)."""
+        """The predictor of the current model and device, loaded once (MobileSAM shared); it
+        reads precomputed embeddings (`napari-wsi-sam precompute`) where there are some."""
         key = (self.choice.spec, self.device)
         if key not in self._predictors:
             parts = ({"mobile_sam": self.mobile_parts()}
                      if self.choice.base.weights == "mobile_sam" else None)
-            self._predictors[key] = build_predictor(self.choice, device=self.device,
-                                                    parts=parts)
+            self._predictors[key] = attach_embeddings(
+                build_predictor(self.choice, device=self.device, parts=parts))
         return self._predictors[key]
 
     def mobile_parts(self) -> Any:

@@ -6,13 +6,11 @@ a class is written there when it is first used or its colour is changed.
 
 from __future__ import annotations
 
-from ..annotations.colors import as_hex
+from ..annotations.colors import DEFAULT_CLASSES, EXTRA_COLORS, as_hex
 from ..annotations.object_store import ObjectStore
 from ..errors import UsageError
 
-DEFAULT_CLASSES = {"tumour": "#e41a1c", "DCIS": "#984ea3", "stroma": "#4daf4a",
-                   "necrosis": "#ff7f00", "other": "#ffff33"}
-EXTRA_COLORS = ["#377eb8", "#a65628", "#f781bf", "#17becf", "#999999"]
+__all__ = ["DEFAULT_CLASSES", "ClassRegistry"]
 
 
 class ClassRegistry:
