@@ -88,6 +88,7 @@ def plot(table: pd.DataFrame, ks: list[int], path: Path) -> None:
             ax.errorbar(part.K, part.dice, yerr=[part.dice - part.low, part.high - part.dice],
                         marker="o", capsize=3, color=colour, label=family)
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("annotated nuclei used for training (K)")
         ax.set_ylabel("held-out Dice (hgsc_stromal)")

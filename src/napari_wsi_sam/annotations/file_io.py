@@ -35,8 +35,10 @@ _HOST = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest(
 def write_text_atomic(target: Path, text: str | Iterable[str]) -> Path:
     """Write ``text`` (a string, or pieces written as they come, so a large export need not
     be held in memory) beside ``target`` and move it in place: the file is complete or
-    absent. Temp files that killed writes of ``target`` left behind are removed afterwards."""
+    absent. Temp files that killed writes of ``target`` left behind are removed before and
+    after, so kills in a row never pile them up."""
     target = Path(target)
+    remove_stale_temp_files(target)
     tmp = _folder(target) / f".{target.name}.{os.getpid()}-{_HOST}.{secrets.token_hex(4)}.part"
     try:
         # os.open with 0o666 honours the umask, as any file the user makes (mkstemp: 0600)
