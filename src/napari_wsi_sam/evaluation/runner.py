@@ -199,7 +199,7 @@ def _score_crop(image: AnnotatedImage, index: int, pair, key, truth, predictors,
                 if kind != "box" and BASE_MODELS[predictor.model].box_only:
                     continue
                 prediction = predictor.predict(
-                    pair.hr.image, pair.lr.image, hr_to_lr=pair.hr_to_lr, cache_key=key,
+                    pair.hr.load, pair.lr.load, hr_to_lr=pair.hr_to_lr, cache_key=key,
                     **prompt)
                 masks = prediction.masks & pair.hr.valid
                 for (obj, window), mask, truth_mask in zip(chunk, masks, dense, strict=True):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -64,6 +64,8 @@ _HEAD_VERSIONS = itertools.count(1)
 """Unique per loaded head across predictors, so predictors can share one embedding cache."""
 
 ModelName = Literal["wsi-sam", "sam", "medsam"]
+# A crop, or a function that reads it: a crop whose embeddings are known needs no pixels.
+CropImage = np.ndarray | Callable[[], np.ndarray]
 PREDICTOR_MODELS = tuple(name for name, base in BASE_MODELS.items()
                          if base.checkpoint != "decoder")
 """The models a predictor runs itself (SAM* is "sam" on fine-tuned parts: `registry`)."""
@@ -219,9 +221,11 @@ class WsiSamPredictor:
         return True
 
     # ----------------------------------------------------------------- encoder
-    def encode(self, image: np.ndarray, *, base: str = "mobile_sam",
+    def encode(self, image: CropImage, *, base: str = "mobile_sam",
                key: Hashable | None = None) -> EncoderOutput:
-        """Encoder outputs of one (1024,1024,3) uint8 crop, from the cache when `key` is there."""
+        """Encoder outputs of one (1024,1024,3) uint8 crop, from the cache or the stored
+        embeddings when `key` is there; `image` may be a function that reads the crop, called
+        only when the encoder has to run."""
         cache_key = None if key is None else ("encoder", base, key)
         if cache_key is not None:
             cached = self.cache.get(cache_key)
@@ -233,6 +237,8 @@ class WsiSamPredictor:
                 if stored is not None:
                     self.cache.put(cache_key, stored)
                     return stored
+        if callable(image):
+            image = image()
         _check_image(image)
         try:
             out = self._run_encoder(image, base)
@@ -267,8 +273,8 @@ class WsiSamPredictor:
     # ----------------------------------------------------------------- predict
     def predict(
         self,
-        hr_image: np.ndarray,
-        lr_image: np.ndarray | None = None,
+        hr_image: CropImage,
+        lr_image: CropImage | None = None,
         *,
         boxes: np.ndarray | None = None,
         points: np.ndarray | None = None,
@@ -286,8 +292,9 @@ class WsiSamPredictor:
     ) -> Prediction:
         """Masks for N prompts on one HR crop (and its LR context crop for "wsi-sam").
 
-        hr_image, lr_image: (1024,1024,3) uint8 RGB; lr_image is the concentric crop at the
-            LR pixel size (needed by "wsi-sam", ignored otherwise).
+        hr_image, lr_image: (1024,1024,3) uint8 RGB, or functions that read them (called only
+            on an embedding miss); lr_image is the concentric crop at the LR pixel size
+            (needed by "wsi-sam", ignored otherwise).
         Coordinates are continuous HR-crop pixels, pixel i covering [i, i + 1) as everywhere in
         the package (a tight box around pixels a..b is (a, b + 1)).
         boxes: (N,4) XYXY float, HR-crop pixels. points: (N,K,2) (x, y) float, HR-crop pixels,

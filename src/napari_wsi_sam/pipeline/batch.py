@@ -302,7 +302,7 @@ def _predict_group(slide: Slide, crops: CropPair, items: list[BatchItem], predic
         arrays["mask_prompts"] = np.stack([mask_prompt(crops, item.geometry)  # type: ignore[arg-type]
                                            for item in items])
     prediction = predictor.predict(  # type: ignore[attr-defined]
-        crops.hr.image, crops.lr.image, hr_to_lr=crops.hr_to_lr,
+        crops.hr.load, crops.lr.load, hr_to_lr=crops.hr_to_lr,
         cache_key=embedding_key(slide, crops), **arrays)
     out: list[SegmentedObject | str] = []
     for k, item in enumerate(items):
@@ -323,7 +323,7 @@ def mask_prompt(crops: CropPair, geometry: Areal) -> np.ndarray:
     float32, +`MASK_PROMPT_LOGIT` where a cell's centre is inside it, -that elsewhere. Sampled
     at the cells' centres, so a huge outline costs no more than a small one."""
     cmap = crops.hr.map
-    cell = crops.hr.image.shape[1] / LOW_RES
+    cell = crops.hr.map.size[0] / LOW_RES
     centres = (np.arange(LOW_RES) + 0.5) * cell
     xs = np.floor(cmap.origin[0] + centres * cmap.scale[0]) + 0.5
     ys = np.floor(cmap.origin[1] + centres * cmap.scale[1]) + 0.5

@@ -84,7 +84,7 @@ def segment_prompt(
         prompts["point_labels"] = local.labels[None, :]
     key = embedding_key(slide, crops)
     prediction = predictor.predict(  # type: ignore[attr-defined]
-        crops.hr.image, crops.lr.image, hr_to_lr=crops.hr_to_lr, cache_key=key,
+        crops.hr.load, crops.lr.load, hr_to_lr=crops.hr_to_lr, cache_key=key,
         model=model, threshold=threshold, **prompts,
     )
     crop_mask = prediction.masks[0] & crops.hr.valid
@@ -105,14 +105,16 @@ def crop_pair(slide: Slide, prompt: Prompt, *, hr_mpp: float,
     """The concentric crops around `center` (level-0 x, y; None: the prompt's own centre).
 
     Pairs at a given centre are kept in `crop_cache` under (slide path, centre, HR mpp), the
-    same key for every caller (widget, batch, CLI), so they are cut once.
+    same key for every caller (widget, batch, CLI), so they are cut once. Their pixels are
+    read only if the encoder needs them (not for a node whose embeddings are stored), so use
+    them while the slide is open.
     """
     if center is None:
-        return concentric_crops(slide, prompt, hr_mpp=hr_mpp)
+        return concentric_crops(slide, prompt, hr_mpp=hr_mpp, lazy=True)
     pair_key = (str(slide.path), round(center[0], 3), round(center[1], 3), hr_mpp)
     cache = crop_cache if crop_cache is not None else CropPairCache(0)
     return cache.get_or_cut(pair_key, lambda: concentric_crops(
-        slide, prompt, hr_mpp=hr_mpp, center=center))
+        slide, prompt, hr_mpp=hr_mpp, center=center, lazy=True))
 
 
 def embedding_key(slide: Slide, crops: CropPair) -> tuple:

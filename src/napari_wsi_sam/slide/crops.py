@@ -23,7 +23,9 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from scipy import sparse
@@ -64,20 +66,30 @@ def check_hr_mpp(hr_mpp: object) -> float:
 
 @dataclass(frozen=True, eq=False)
 class Crop:
-    """One square crop.
+    """One square crop whose pixels are read when first asked for, so a crop whose encoder
+    outputs are already stored (precomputed, or cached) costs no slide read at all.
 
-    image : (S, S, 3) uint8 RGB. valid : (S, S) bool, True where the pixel centre lies on the
-    slide (False on padding). map : `CropMap` between crop and level-0 pixels. mpp : µm per
-    crop pixel. level : the finest pyramid level not coarser than `mpp`. source_level : the
-    level whose pixels were decoded (`level` itself, or for a virtual level its native source).
+    image : (S, S, 3) uint8 RGB, read on first access while the slide is open. valid : (S, S)
+    bool, True where the pixel centre lies on the slide (False on padding). map : `CropMap`
+    between crop and level-0 pixels. mpp : µm per crop pixel. level : the finest pyramid level
+    not coarser than `mpp`. source_level : the level whose pixels are decoded (`level` itself,
+    or for a virtual level its native source). read : returns the pixels.
     """
 
-    image: np.ndarray
     valid: np.ndarray
     map: CropMap
     mpp: float
     level: int
     source_level: int
+    read: Callable[[], np.ndarray] = field(repr=False)
+
+    @cached_property
+    def image(self) -> np.ndarray:
+        return self.read()
+
+    def load(self) -> np.ndarray:
+        """The pixels (read once); a function to hand to whatever may not need them."""
+        return self.image
 
     @property
     def valid_fraction(self) -> float:
@@ -130,13 +142,15 @@ def concentric_crops(
     margin: float = 0.1,
     center: tuple[float, float] | None = None,
     pad_value: int = 255,
+    lazy: bool = False,
 ) -> CropPair:
     """HR crop at `hr_mpp` µm/px and LR crop at ``hr_mpp * lr_factor``, both `size` x `size`,
     centred on the prompt (its bounds' centre) or on `center` (level-0 x, y).
 
     The prompt's bounds must lie at least ``margin * size`` HR pixels inside every edge; when
     they do not, the HR mpp is raised until they do (logged, recorded in ``CropPair.hr_mpp``).
-    Padding beyond the slide is `pad_value` and False in ``valid``.
+    Padding beyond the slide is `pad_value` and False in ``valid``. With `lazy`, pixels are
+    read when first used, so crops whose embeddings are stored are never read.
 
     Raises MppMissingError when the slide has no pixel size, PromptError when the prompt lies
     wholly outside the slide, SlideError for settings out of range or unreadable pixels.
@@ -161,8 +175,9 @@ def concentric_crops(
         logger.info("prompt spans %.0f x %.0f µm, too large for a %d px crop at %.4g µm/px with "
                     "%.0f%% margin; using %.4g µm/px", 2 * half_x * mpp_x, 2 * half_y * mpp_y,
                     size, hr_mpp, margin * 100, used)
-    hr = cut_crop(slide, (cx, cy), mpp=used, size=size, pad_value=pad_value)
-    lr = cut_crop(slide, (cx, cy), mpp=used * lr_factor, size=size, pad_value=pad_value)
+    hr = cut_crop(slide, (cx, cy), mpp=used, size=size, pad_value=pad_value, lazy=lazy)
+    lr = cut_crop(slide, (cx, cy), mpp=used * lr_factor, size=size, pad_value=pad_value,
+                  lazy=lazy)
     return CropPair(hr=hr, lr=lr, hr_mpp_requested=float(hr_mpp), hr_mpp=used, center=(cx, cy),
                     lr_factor=float(lr_factor), margin=float(margin))
 
@@ -204,17 +219,25 @@ def fit_prompt(slide: Slide, prompt: Prompt) -> Prompt:
 
 
 def cut_crop(slide: Slide, center: tuple[float, float], *, mpp: float, size: int = CROP_SIZE,
-             pad_value: int = 255) -> Crop:
-    """One `size` x `size` crop at `mpp` µm/px centred on level-0 `center` (x, y)."""
+             pad_value: int = 255, lazy: bool = False) -> Crop:
+    """One `size` x `size` crop at `mpp` µm/px centred on level-0 `center` (x, y); with
+    `lazy`, its pixels are read on first use (which must come while the slide is open)."""
     cmap = crop_map(slide, center, mpp=mpp, size=size)
     level = slide.best_level_for_mpp(mpp)
     source = min(level, slide.native_level_count - 1)
-    image = _resample(slide, source, cmap)
     valid = _valid_mask(cmap, slide.dimensions)
-    if not valid.all():
-        image[~valid] = pad_value
-    return Crop(image=image, valid=valid, map=cmap, mpp=float(mpp), level=level,
-                source_level=source)
+
+    def read() -> np.ndarray:
+        image = _resample(slide, source, cmap)
+        if not valid.all():
+            image[~valid] = pad_value
+        return image
+
+    crop = Crop(valid=valid, map=cmap, mpp=float(mpp), level=level, source_level=source,
+                read=read)
+    if not lazy:
+        crop.load()
+    return crop
 
 
 def crop_map(slide: Slide, center: tuple[float, float], *, mpp: float, size: int = CROP_SIZE

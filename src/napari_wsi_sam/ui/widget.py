@@ -399,7 +399,7 @@ class WsiSamWidget(Container):
         self.last_crops = crops
         rectangles = []
         for crop in (crops.hr, crops.lr):
-            size = crop.image.shape[0]
+            size = crop.map.size[0]
             corners = crop.map.to_slide(np.array([[0.0, 0.0], [size, size]]))
             x0, y0, x1, y1 = corners.ravel()
             rectangles.append(ui_layers.xy_to_data(np.array([[x0, y0], [x1, y0], [x1, y1],
