@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="object store folder (default: <slide stem>.wsi-sam/ beside it)")
         sub.add_argument("--mpp", type=argtypes.slide_mpp, default=None,
                          help="µm/px of the slide, when it does not record one")
+        argtypes.add_backend_argument(sub)
         return sub
 
     verb("info", "where the store is and what it holds").set_defaults(func=_info)
@@ -50,7 +51,7 @@ def _open(args: argparse.Namespace) -> tuple:
     from ..annotations.store_files import open_store
     from ..slide import open_slide
 
-    slide = open_slide(args.slide, mpp=args.mpp)
+    slide = open_slide(args.slide, mpp=args.mpp, backend=args.backend)
     return slide, open_store(slide, folder=args.labels)
 
 
