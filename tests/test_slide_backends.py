@@ -178,3 +178,21 @@ def test_forced_backend_on_the_wrong_input_is_one_line(asset_path, tmp_path, sam
     with pytest.raises(SlideError, match=r"broken\.ome\.zarr") as info:
         open_slide(broken, backend="ome-zarr")
     assert "\n" not in str(info.value)
+
+
+def test_reader_contribution_and_dicom_sample(asset_path, tmp_path, sample_slide):
+    from napari_wsi_sam.ui.reader import napari_get_reader
+    from napari_wsi_sam.ui.sample_data import make_sample_dicom
+
+    assert callable(napari_get_reader(str(asset_path("boxes_0.dcm"))))
+    image = tmp_path / "img.ome.zarr"
+    with open_slide(sample_slide) as source:
+        _write_ome_zarr(image, source.read_window(0, x0=0, y0=0, x1=512, y1=512),
+                        version="0.5", mpp=0.499)
+    assert callable(napari_get_reader(str(image)))
+    assert napari_get_reader(str(tmp_path / "missing")) is None
+    (tmp_path / "empty").mkdir()
+    assert napari_get_reader(str(tmp_path / "empty")) is None
+    [(data, kwargs, kind)] = make_sample_dicom()
+    assert kind == "image" and data[0].shape == (16, 16, 3)
+    assert kwargs["metadata"]["napari_wsi_sam"]["backend"] == "openslide"
