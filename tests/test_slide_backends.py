@@ -196,3 +196,21 @@ def test_reader_contribution_and_dicom_sample(asset_path, tmp_path, sample_slide
     [(data, kwargs, kind)] = make_sample_dicom()
     assert kind == "image" and data[0].shape == (16, 16, 3)
     assert kwargs["metadata"]["napari_wsi_sam"]["backend"] == "openslide"
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "text", "unreadable", "unopenable",
+                                  "truncated", "cut_tail", "half_jpeg", "strip_bomb",
+                                  "png_bomb"])
+def test_bad_input_is_one_line_through_openslide_too(case, tmp_path, sample_slide, asset_path):
+    """The reader tests' damaged files, forced through OpenSlide: refused at open, or the
+    first read of the damaged pixels is, always in one line naming the file."""
+    from test_slide_reader import _bad_files
+
+    path, _ = _bad_files(tmp_path, sample_slide, asset_path)[case]
+    with pytest.raises(SlideError) as info:  # at open or at the first read
+        with open_slide(path, backend="openslide") as slide:
+            for k in range(slide.native_level_count):
+                w, h = slide.level_dimensions[k]
+                slide.read_window(k, x0=0, y0=0, x1=w, y1=h)
+    message = str(info.value)
+    assert "\n" not in message and path.name in message
