@@ -46,7 +46,8 @@ def open_openslide(path: Path, *, member: Path | None = None) -> Opened:
     try:
         opened = _levels(handle, path)
         probe(opened.levels[-1], path)
-    except (SlideError, openslide.OpenSlideError, RegionReadError) as err:
+    except (SlideError, openslide.OpenSlideError, RegionReadError, KeyError, ValueError,
+            UnicodeError) as err:
         handle.close()
         if isinstance(err, SlideError):
             raise
@@ -56,7 +57,7 @@ def open_openslide(path: Path, *, member: Path | None = None) -> Opened:
 
 
 def _levels(handle: openslide.OpenSlide, path: Path) -> Opened:
-    props = dict(handle.properties)
+    props = _properties(handle)
     levels = []
     for k, (w, h) in enumerate(handle.level_dimensions):
         if w <= 0 or h <= 0:
@@ -77,7 +78,7 @@ def _levels(handle: openslide.OpenSlide, path: Path) -> Opened:
     mpp = plausible_mpp((mpp_x, mpp_y) if mpp_x and mpp_y else None, source="OpenSlide")
     power = _float(props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER))
     associated = {}
-    for name in handle.associated_images.keys():  # the mapping decodes on get; keys do not
+    for name in list(handle.associated_images):  # the mapping decodes on get; keys do not
         aw = _int(props.get(f"openslide.associated.{name}.width"))
         ah = _int(props.get(f"openslide.associated.{name}.height"))
         if aw and ah:
@@ -88,6 +89,17 @@ def _levels(handle: openslide.OpenSlide, path: Path) -> Opened:
                   vendor=props.get(openslide.PROPERTY_NAME_VENDOR) or "openslide", mpp=mpp,
                   objective_power=power if power and power > 0 else None,
                   associated=associated, properties=props, closers=[handle.close])
+
+
+def _properties(handle: openslide.OpenSlide) -> dict[str, str]:
+    """OpenSlide's properties; a damaged file can list a key whose value it cannot give."""
+    out = {}
+    for key in list(handle.properties):
+        try:
+            out[key] = handle.properties[key]
+        except (KeyError, UnicodeError):
+            continue
+    return out
 
 
 class _LevelReader:
