@@ -148,6 +148,18 @@ def test_ome_zarr_round_trips_levels_mpp_and_pixels(tmp_path, sample_slide, vers
             assert np.array_equal(np.asarray(slide.levels[k]), level)
 
 
+def test_ome_zarr_in_the_bioformats2raw_layout(tmp_path, sample_slide):
+    """Converted slides put the image in series "0" under a root that only names the layout."""
+    with open_slide(sample_slide) as source:
+        tiles = source.read_window(0, x0=0, y0=0, x1=768, y1=512)
+    root = tmp_path / "converted.zarr"
+    expected = _write_ome_zarr(root / "0", tiles, version="0.4", mpp=0.25)
+    zarr.open_group(root, mode="a", zarr_format=2).attrs["bioformats2raw.layout"] = 3
+    with open_slide(root) as slide:
+        assert slide.backend == "ome-zarr" and slide.mpp == pytest.approx((0.25, 0.25))
+        assert np.array_equal(np.asarray(slide.levels[2]), expected[2])
+
+
 # -- errors ---------------------------------------------------------------------------------
 @pytest.mark.parametrize(("name", "expected"), [
     ("unreadable.svs", "cannot be decoded"), ("unopenable.tiff", "cannot be"),

@@ -1,6 +1,7 @@
 """The OME-Zarr backend: an NGFF 0.4 (zarr v2) or 0.5 (zarr v3) multiscale image as a slide.
 
-Read with zarr 3 alone. The first multiscale of the group is the slide; its datasets are the
+Read with zarr 3 alone. The first multiscale of the group (or of its first series, in the
+bioformats2raw layout that converted vendor slides come in) is the slide; its datasets are the
 levels, finest first, each a dask array over the zarr chunks. The pixel size is level 0's
 ``scale`` transformation on the ``y``/``x`` axes (times the multiscale's own, if any), in the
 axes' unit; labels and other groups in the container are left alone.
@@ -38,9 +39,23 @@ def is_ome_zarr(path: Path) -> bool:
         return False
 
 
+def image_group(group: zarr.Group) -> zarr.Group:
+    """The group holding the image: `group` itself, or the first series (``0``) of a
+    bioformats2raw layout, which is how converted vendor slides usually arrive."""
+    attrs: dict[str, Any] = dict(group.attrs)
+    ome = attrs.get("ome")
+    layout = attrs.get("bioformats2raw.layout") or (
+        ome.get("bioformats2raw.layout") if isinstance(ome, dict) else None)
+    if layout is not None and "0" in group:
+        series = group["0"]
+        if isinstance(series, zarr.Group):
+            return series
+    return group
+
+
 def multiscales_of(group: zarr.Group) -> list[dict[str, Any]] | None:
     """The ``multiscales`` list of NGFF 0.5 (under ``ome``) or 0.4 (top level), or None."""
-    attrs = dict(group.attrs)
+    attrs = dict(image_group(group).attrs)
     ome = attrs.get("ome")
     found = ome.get("multiscales") if isinstance(ome, dict) else attrs.get("multiscales")
     return found if isinstance(found, list) and found else None
@@ -49,7 +64,7 @@ def multiscales_of(group: zarr.Group) -> list[dict[str, Any]] | None:
 def open_ome_zarr(path: Path) -> Opened:
     """Open the first multiscale image of the OME-Zarr group at `path`."""
     try:
-        group = zarr.open_group(path, mode="r")
+        group = image_group(zarr.open_group(path, mode="r"))
         multiscales = multiscales_of(group)
     except (*READ_ERRORS, FileNotFoundError) as err:
         raise SlideError(f"{path} is not a readable zarr group ({one_line(err)}); {_FIX}"
