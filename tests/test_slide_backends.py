@@ -70,6 +70,29 @@ def test_openslide_chunks_are_lazy_tiles_of_a_multilevel_pyramid(tmp_path):
             assert np.array_equal(np.asarray(slide.levels[k]), reference), f"level {k}"
 
 
+def test_openslide_levels_read_only_the_tiles_under_a_window(tmp_path, monkeypatch):
+    """Opening reads one region (the probe); a window is one read_region per 512² chunk it
+    touches, of just the part under the window (dask fuses the slice into the read)."""
+    calls: list[tuple] = []
+    real = openslide.OpenSlide.read_region
+
+    def counted(self, location, level, size):
+        calls.append((location, level, size))
+        return real(self, location, level, size)
+
+    monkeypatch.setattr(openslide.OpenSlide, "read_region", counted)
+    path = make_pyramid(tmp_path / "p.tif", width=6000, height=5000, layout="generic")
+    with open_slide(path, backend="openslide") as slide:
+        assert len(calls) == 1  # the probe of the coarsest level
+        calls.clear()
+        slide.read_window(0, x0=600, y0=600, x1=700, y1=700)  # inside one 512² chunk
+        assert calls == [((600, 600), 0, (100, 100))]
+        calls.clear()
+        slide.read_window(1, x0=500, y0=500, x1=600, y1=600)  # straddles four chunks
+        assert sorted(calls) == [((1000, 1000), 1, (12, 12)), ((1000, 1024), 1, (12, 88)),
+                                 ((1024, 1000), 1, (88, 12)), ((1024, 1024), 1, (88, 88))]
+
+
 def test_implausible_resolution_is_no_pixel_size_in_both_backends(asset_path):
     path = asset_path("boxes.tiff")  # 72 dpi resolution tags: 352.8 µm/px
     with openslide.OpenSlide(str(path)) as ref:
@@ -226,3 +249,17 @@ def test_bad_input_is_one_line_through_openslide_too(case, tmp_path, sample_slid
                 slide.read_window(k, x0=0, y0=0, x1=w, y1=h)
     message = str(info.value)
     assert "\n" not in message and path.name in message
+
+
+def test_close_waits_for_openslide_reads_in_flight(tmp_path):
+    """A failing chunk makes dask raise while other chunks are still read in its threads;
+    closing then must not free OpenSlide's handle under them (this crashed the process)."""
+    path = make_pyramid(tmp_path / "cut.svs", width=2048, height=2048, layout="svs")
+    path.write_bytes(path.read_bytes()[:-5000])  # the last tiles cut off
+    for _ in range(10):
+        slide = open_slide(path, backend="openslide")
+        with pytest.raises(SlideError, match="cut.svs"):
+            slide.read_window(0, x0=0, y0=0, x1=2048, y1=2048)
+        slide.close()
+    with pytest.raises(SlideError, match="closed"):
+        slide.read_window(0, x0=0, y0=0, x1=16, y1=16)

@@ -3,14 +3,18 @@ Philips TIFF) and DICOM WSI, as lazy levels whose tiles are read through ``read_
 
 OpenSlide (``openslide-python`` with the ``openslide-bin`` wheel, no system library) is
 imported only here and only when a slide is opened with it. Each level is a dask array whose
-chunks are a whole number of the file's tiles; computing a chunk calls ``read_region`` for
-exactly that window. OpenSlide returns RGBA with alpha 0 outside the scanned area (MRXS,
-DICOM sparse tiles); such pixels are shown white, opaque ones are OpenSlide's RGB unchanged.
+chunks are a whole number of the file's tiles; a window calls ``read_region`` once per chunk it
+touches, for just the part of the chunk under it (dask fuses the slice into the read).
+OpenSlide returns RGBA with alpha 0 outside the scanned area (MRXS, DICOM sparse tiles); such
+pixels are shown white, opaque ones are OpenSlide's RGB unchanged.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +47,15 @@ def open_openslide(path: Path, *, member: Path | None = None) -> Opened:
     except (openslide.OpenSlideError, OSError, ValueError) as err:
         raise SlideError(f"{path} cannot be opened by OpenSlide ({one_line(err)}); {_FIX}"
                          ) from err
+    closers = [handle.close]
     try:
         opened = _levels(handle, path)
+        closers = opened.closers  # the guarded close, which waits for reads in flight
         probe(opened.levels[-1], path)
     except (SlideError, openslide.OpenSlideError, RegionReadError, KeyError, ValueError,
             UnicodeError) as err:
-        handle.close()
+        for close in closers:
+            close()
         if isinstance(err, SlideError):
             raise
         raise SlideError(f"{path} cannot be decoded by OpenSlide ({one_line(err)}); {_FIX}"
@@ -58,13 +65,14 @@ def open_openslide(path: Path, *, member: Path | None = None) -> Opened:
 
 def _levels(handle: openslide.OpenSlide, path: Path) -> Opened:
     props = _properties(handle)
+    guard = _Guard(handle)
     levels = []
     for k, (w, h) in enumerate(handle.level_dimensions):
         if w <= 0 or h <= 0:
             raise SlideError(f"{path} claims an image of 0 pixels; {_FIX}")
         tile = (_int(props.get(f"openslide.level[{k}].tile-width")),
                 _int(props.get(f"openslide.level[{k}].tile-height")))
-        reader = _LevelReader(handle, level=k, width=w, height=h,
+        reader = _LevelReader(guard, level=k, width=w, height=h,
                               downsample=float(handle.level_downsamples[k]))
         levels.append(da.from_array(reader, chunks=_chunks(tile), asarray=True,
                                     name=False,  # a random name: the reader does not hash
@@ -82,13 +90,13 @@ def _levels(handle: openslide.OpenSlide, path: Path) -> Opened:
         aw = _int(props.get(f"openslide.associated.{name}.width"))
         ah = _int(props.get(f"openslide.associated.{name}.height"))
         if aw and ah:
-            image = _AssociatedReader(handle, name=name, width=aw, height=ah)
+            image = _AssociatedReader(guard, name=name, width=aw, height=ah)
             associated[name] = da.from_array(image, chunks=(ah, aw, 3), asarray=True,
                                              meta=np.empty((0, 0, 3), np.uint8))
     return Opened(levels=levels, scales=scales,
                   vendor=props.get(openslide.PROPERTY_NAME_VENDOR) or "openslide", mpp=mpp,
                   objective_power=power if power and power > 0 else None,
-                  associated=associated, properties=props, closers=[handle.close])
+                  associated=associated, properties=props, closers=[guard.close])
 
 
 def _properties(handle: openslide.OpenSlide) -> dict[str, str]:
@@ -102,15 +110,49 @@ def _properties(handle: openslide.OpenSlide) -> dict[str, str]:
     return out
 
 
+class _Guard:
+    """An OpenSlide handle that is closed only when no read is in flight.
+
+    A failed chunk makes dask raise while other chunks are still being read in its worker
+    threads; closing the handle under them would free memory OpenSlide is using (a crash, seen
+    in the tests). Reads hold the guard; `close` waits for them, and later reads are refused.
+    """
+
+    def __init__(self, handle: openslide.OpenSlide) -> None:
+        self._handle = handle
+        self._idle = threading.Condition()
+        self._readers = 0
+        self._closed = False
+
+    @contextmanager
+    def reading(self) -> Iterator[openslide.OpenSlide]:
+        with self._idle:
+            if self._closed:
+                raise RegionReadError("the slide was closed")
+            self._readers += 1
+        try:
+            yield self._handle
+        finally:
+            with self._idle:
+                self._readers -= 1
+                self._idle.notify_all()
+
+    def close(self) -> None:
+        with self._idle:
+            self._closed = True
+            self._idle.wait_for(lambda: self._readers == 0)
+            self._handle.close()
+
+
 class _LevelReader:
     """Array-like (H, W, 3) uint8 over one OpenSlide level; a slice is one ``read_region``."""
 
     dtype = np.dtype(np.uint8)
     ndim = 3
 
-    def __init__(self, handle: openslide.OpenSlide, *, level: int, width: int, height: int,
+    def __init__(self, guard: _Guard, *, level: int, width: int, height: int,
                  downsample: float) -> None:
-        self.handle, self.level, self.downsample = handle, level, downsample
+        self.guard, self.level, self.downsample = guard, level, downsample
         self.shape = (height, width, 3)
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -121,7 +163,8 @@ class _LevelReader:
         # read_region takes level-0 coordinates; OpenSlide divides them by the downsample.
         location = (round(x0 * self.downsample), round(y0 * self.downsample))
         try:
-            region = self.handle.read_region(location, self.level, (x1 - x0, y1 - y0))
+            with self.guard.reading() as handle:
+                region = handle.read_region(location, self.level, (x1 - x0, y1 - y0))
         except openslide.OpenSlideError as err:
             raise RegionReadError(one_line(err)) from err
         rgb = _on_white(np.asarray(region))
@@ -135,14 +178,14 @@ class _AssociatedReader:
     dtype = np.dtype(np.uint8)
     ndim = 3
 
-    def __init__(self, handle: openslide.OpenSlide, *, name: str, width: int,
-                 height: int) -> None:
-        self.handle, self.name = handle, name
+    def __init__(self, guard: _Guard, *, name: str, width: int, height: int) -> None:
+        self.guard, self.name = guard, name
         self.shape = (height, width, 3)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         try:
-            image = self.handle.associated_images[self.name]
+            with self.guard.reading() as handle:
+                image = handle.associated_images[self.name]
         except openslide.OpenSlideError as err:
             raise RegionReadError(one_line(err)) from err
         return _on_white(np.asarray(image))[key]
