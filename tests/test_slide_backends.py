@@ -134,6 +134,26 @@ def test_backend_is_chosen_per_file_and_named_by_info(asset_path, sample_slide, 
     assert '"backend": "openslide"' in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("tiled", [True, False])
+def test_tiffs_flagged_philips_go_to_openslide_else_tifffile(tmp_path, tiled):
+    """Routing only (no real Philips slide ships in a package we can fetch): a TIFF of real
+    tiles that tifffile flags as Philips goes to OpenSlide; when OpenSlide cannot open it
+    (here: stripped, which OpenSlide refuses), tifffile reads it instead."""
+    import tifffile
+
+    from slide_factory import he_image
+
+    path = tmp_path / "philips_like.tiff"
+    tifffile.imwrite(path, he_image()[:512, :768], tile=(256, 256) if tiled else None,
+                     compression="jpeg", software="Philips DP v1.0",
+                     description='<?xml version="1.0"?><DataObject ObjectType="DPUfsImport">'
+                                 "</DataObject>")
+    assert choose_backend(path) == "openslide"
+    with open_slide(path) as slide, open_slide(path, backend="tifffile") as reference:
+        assert slide.backend == ("openslide" if tiled else "tifffile")
+        assert np.array_equal(np.asarray(slide.levels[0]), np.asarray(reference.levels[0]))
+
+
 # -- OME-Zarr -------------------------------------------------------------------------------
 def _write_ome_zarr(path, image: np.ndarray, *, version: str, mpp: float) -> list[np.ndarray]:
     """Write a 3-level CYX pyramid with ome-zarr's own writer; returns the levels (YXC)."""

@@ -5,13 +5,15 @@ zarr for OME-Zarr; or the one the caller forces.
 
 - a folder: OME-Zarr when it carries NGFF multiscales, OpenSlide when it holds a DICOM series;
 - a TIFF: tifffile, except Philips, Ventana (BIF) and Leica (SCN) TIFFs, whose sparse,
-  overlapping or multi-image layouts OpenSlide stitches and tifffile does not;
+  overlapping or multi-image layouts OpenSlide stitches and tifffile does not (when OpenSlide
+  cannot open such a TIFF, tifffile's series are read instead);
 - a DICOM file (``DICM`` at byte 128) or an MRXS, VMS, VMU, SCN or BIF file: OpenSlide;
 - anything else: a plain image through Pillow (part of the tifffile backend).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +22,8 @@ import tifffile
 from ..errors import SlideError
 from . import ome_zarr_source, sources
 from .metadata import vendor_of
+
+logger = logging.getLogger(__name__)
 
 Backend = Literal["tifffile", "openslide", "ome-zarr"]
 BACKENDS: tuple[str, ...] = ("auto", "tifffile", "openslide", "ome-zarr")
@@ -71,7 +75,14 @@ def open_source(path: Path, backend: str = "auto") -> tuple[Backend, sources.Ope
         from .openslide_source import open_openslide
 
         member = first_dicom_file(path) if path.is_dir() else None
-        return chosen, open_openslide(path, member=member)
+        try:
+            return chosen, open_openslide(path, member=member)
+        except SlideError as err:
+            if backend != "auto" or path.is_dir() or _head(path, 4) not in sources.TIFF_MAGIC:
+                raise
+            logger.info("%s: OpenSlide cannot read this TIFF (%s); reading tifffile's series",
+                        path.name, err)
+            chosen = "tifffile"
     if path.is_dir():
         raise SlideError(f"{path} is a directory; the tifffile backend reads slide files "
                          "(.svs, .tif, .ndpi, .jpg, ...)")
