@@ -216,7 +216,7 @@ def test_openslide_backend_errors_are_one_line(asset_path, name, expected):
 
 def test_forced_backend_on_the_wrong_input_is_one_line(asset_path, tmp_path, sample_slide,
                                                        capsys):
-    cases = [(asset_path("boxes_0.dcm"), "tifffile", "neither a slide nor an image"),
+    cases = [(asset_path("boxes_0.dcm"), "tifffile", "use --backend openslide"),
              (sample_slide, "ome-zarr", "not an OME-Zarr folder"),
              (tmp_path, "ome-zarr", "not a readable zarr group|no OME-Zarr"),
              (tmp_path, "auto", "is a directory without an OME-Zarr image or a DICOM")]

@@ -86,6 +86,10 @@ def open_source(path: Path, backend: str = "auto") -> tuple[Backend, sources.Ope
     if path.is_dir():
         raise SlideError(f"{path} is a directory; the tifffile backend reads slide files "
                          "(.svs, .tif, .ndpi, .jpg, ...)")
+    if backend == "tifffile" and choose_backend(path) == "openslide" \
+            and _head(path, 4) not in sources.TIFF_MAGIC:
+        raise SlideError(f"{path} is neither a TIFF nor a plain image, which the tifffile "
+                         "backend reads; use --backend openslide (or auto) for it")
     return chosen, sources.open_source(path)
 
 
