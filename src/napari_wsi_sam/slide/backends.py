@@ -96,8 +96,11 @@ def open_source(path: Path, backend: str = "auto") -> tuple[Backend, sources.Ope
 def first_dicom_file(folder: Path) -> Path:
     """A DICOM file in `folder` (by its ``DICM`` magic), or SlideError saying what to give."""
     for candidate in sorted(folder.iterdir()):
-        if candidate.is_file() and _is_dicom(candidate):
-            return candidate
+        try:
+            if candidate.is_file() and _is_dicom(candidate):
+                return candidate
+        except SlideError:  # an unreadable file beside the series is not ours to judge
+            continue
     raise SlideError(f"{folder} is a directory without an OME-Zarr image or a DICOM WSI series; "
                      "give a slide file (.svs, .tif, .ndpi, .mrxs, .jpg, ...) or such a folder")
 
