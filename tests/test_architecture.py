@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 RULES = [
-    ("napari_wsi_sam.slide", ["torch", "napari", "qtpy"]),
+    ("napari_wsi_sam.slide", ["torch", "napari", "qtpy", "openslide"]),  # loaded on use
     ("napari_wsi_sam.model", ["napari", "qtpy", "tifffile", "zarr"]),
     ("napari_wsi_sam.assets", ["torch", "napari"]),
     ("napari_wsi_sam.annotations", ["torch", "napari", "qtpy"]),
@@ -104,6 +104,19 @@ def test_only_the_ui_and_view_import_napari_or_qt():
         names |= {(n.module or "").split(".")[0] for n in ast.walk(tree)
                   if isinstance(n, ast.ImportFrom) and not n.level}
         assert not names & set(UI_ONLY), f"{rel} imports {names & set(UI_ONLY)}"
+
+
+def test_only_the_openslide_backend_imports_openslide():
+    """OpenSlide is one backend of `slide/`; nothing else may depend on it directly."""
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).as_posix()
+        tree = ast.parse(path.read_text())
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+                 for a in n.names}
+        names |= {(n.module or "").split(".")[0] for n in ast.walk(tree)
+                  if isinstance(n, ast.ImportFrom) and not n.level}
+        if "openslide" in names:
+            assert rel == "slide/openslide_source.py", f"{rel} imports openslide"
 
 
 @pytest.mark.slow  # fresh interpreters

@@ -96,6 +96,32 @@ def test_damaged_slide_bytes_fail_as_one_line(asset_path, tmp_path_factory, data
     assert_clean_failure(*run_cli(["info", str(path)]))
 
 
+@pytest.mark.slow  # a hundred damaged files through OpenSlide's C code, in process
+@fuzz(100)
+@given(data=st.data())
+def test_damaged_slide_bytes_fail_as_one_line_through_openslide(asset_path, tmp_path_factory,
+                                                                data):
+    """The same damage forced through OpenSlide (and DICOM, which only OpenSlide reads):
+    found a damaged SVS whose property list names a key OpenSlide cannot return."""
+    name = data.draw(st.sampled_from(["small.svs", "boxes.tiff", "boxes_0.dcm"]), label="slide")
+    raw = bytearray(asset_path(name).read_bytes())
+    edits = data.draw(st.lists(st.tuples(st.integers(0, len(raw) - 1), st.integers(0, 255)),
+                               min_size=1, max_size=12), label="byte edits")
+    for offset, value in edits:
+        raw[offset] = value
+    cut = data.draw(st.none() | st.integers(8, len(raw)), label="cut at")
+    path = tmp_path_factory.mktemp("damaged") / name
+    path.write_bytes(bytes(raw[:cut]))
+    try:
+        with open_slide(path, backend="openslide") as slide:
+            for level in range(slide.level_count):
+                width, height = slide.level_dimensions[level]
+                slide.read_window(level, x0=0, y0=0, x1=min(width, 2048),
+                                  y1=min(height, 2048))
+    except SlideError as error:
+        assert "\n" not in str(error) and path.name in str(error)
+
+
 # -- GeoJSON -------------------------------------------------------------------------------------
 NUMBERS = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
                     st.integers(-10**12, 10**12), st.floats(0, 3000))

@@ -155,7 +155,7 @@ def _bad_files(tmp_path, sample_slide, asset_path):
         "missing": (tmp_path / "nope.svs", "does not exist"),
         "directory": (tmp_path, "is a directory"),
         "empty": (empty, "is empty"),
-        "text": (text, "neither a TIFF slide nor an image"),
+        "text": (text, "neither a slide nor an image"),
         "unreadable": (asset_path("unreadable.svs"), "cannot be decoded"),
         "unopenable": (asset_path("unopenable.tiff"), "unsupported compression"),
         "truncated": (truncated, "complete"),

@@ -109,6 +109,15 @@ ASSETS: dict[str, PackagedFile] = {
                 ("unopenable.tiff", 1_020,
                  "46e6c28ae5a050ba8c17bc0dc91f6bba87b1f9b831da283b1e717e21af6c6af6",
                  "TIFF that no reader can open"),
+                ("boxes_0.dcm", 5_502,
+                 "551530cb1cb6ad2319d7d590349b154dd4ac3269926e8ff69ebcd292816a7ddc",
+                 "DICOM WSI series (with boxes_1.dcm), read by OpenSlide"),
+                ("boxes_1.dcm", 5_658,
+                 "77f17daaa1cc47987109667547906ddd70a705929b8e8266d2c652e2e8b514cc",
+                 "DICOM WSI series (with boxes_0.dcm), read by OpenSlide"),
+                ("\N{NEUTRAL FACE}.svs", 2_651,
+                 "01ab0fea0c0bf62e67e22f2f754c4be40c16a286d112584a7edd6e2e49014122",
+                 "tiny Aperio SVS with a Unicode file name"),
             ]
         ),
     ]

@@ -76,3 +76,13 @@ def fraction(text: str) -> float:
 def count(low: int, high: int, what: str) -> Callable[[str], int]:
     parse = number_in(low, high, what, integer=True)
     return lambda text: int(parse(text))
+
+
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    """``--backend``: which library reads the slide (default: chosen per file)."""
+    from ..slide.backends import BACKENDS
+
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="slide reader: auto (tifffile where it reads the format, OpenSlide "
+                             "otherwise, zarr for OME-Zarr), or force tifffile, openslide or "
+                             "ome-zarr")

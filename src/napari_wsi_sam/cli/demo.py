@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(parser)
     parser.add_argument("--mpp", type=argtypes.slide_mpp, default=None,
                         help="µm/px of the slide, when it does not record one")
+    argtypes.add_backend_argument(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.set_defaults(func=_demo)
@@ -50,7 +51,7 @@ def _demo(args: argparse.Namespace) -> int:
     prompt = Prompt.from_box(args.box or SAMPLE_BOX)
     choice, hr_mpp = resolve_model(args)
     make_output_folder(args.out)
-    with open_slide(args.slide, mpp=args.mpp) as slide:
+    with open_slide(args.slide, mpp=args.mpp, backend=args.backend) as slide:
         info = slide_info(slide)
         (args.out / "slide.json").write_text(json.dumps(info, indent=2))
         predictor = build_predictor(choice, device=args.device)

@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="object store folder (default: <slide stem>.wsi-sam/ beside it)")
         sub.add_argument("--mpp", type=argtypes.slide_mpp, default=None,
                          help="µm/px of the slide, when it does not record one")
+        argtypes.add_backend_argument(sub)
         return sub
 
     verb("info", "where the store is and what it holds").set_defaults(func=_info)
@@ -39,6 +40,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     exp.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
                      help="only objects of these classes")
     exp.set_defaults(func=_export)
+    labels = verb("export-labels", "the class label pyramid as an OME-Zarr (NGFF) labels image")
+    labels.add_argument("--out", type=Path, required=True, metavar="OUT.zarr",
+                        help="a new folder, or an existing OME-Zarr image to add the labels to")
+    labels.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
+                        help="only these classes, valued 1, 2, ... in this order")
+    labels.add_argument("--name", default="classes", help="the label image's name")
+    labels.add_argument("--ngff", choices=("0.4", "0.5"), default="0.5",
+                        help="NGFF version of a new folder (zarr v2 or v3; default 0.5)")
+    labels.set_defaults(func=_export_labels)
     verb("check", "SQLite's full integrity check").set_defaults(func=_check)
     verb("purge", "remove deleted objects and their versions for good").set_defaults(
         func=_purge)
@@ -50,7 +60,7 @@ def _open(args: argparse.Namespace) -> tuple:
     from ..annotations.store_files import open_store
     from ..slide import open_slide
 
-    slide = open_slide(args.slide, mpp=args.mpp)
+    slide = open_slide(args.slide, mpp=args.mpp, backend=args.backend)
     return slide, open_store(slide, folder=args.labels)
 
 
@@ -92,6 +102,22 @@ def _export(args: argparse.Namespace) -> int:
     with slide, store:
         count = export_geojson(store, args.out, mpp=slide.mpp, classes=args.classes)
     print(f"{count} objects written to {args.out}")
+    return 0
+
+
+def _export_labels(args: argparse.Namespace) -> int:
+    from ..annotations.ome_zarr_labels import export_ome_zarr_labels
+    from ..annotations.rendering import ObjectRasters, check_shape
+
+    slide, store = _open(args)
+    with slide, store:
+        w, h = slide.dimensions
+        rasters = ObjectRasters(store, shape=(h, w), downsamples=slide.downsamples)
+        check_shape(rasters, slide.dimensions)
+        meta = export_ome_zarr_labels(rasters, args.out, mpp=slide.mpp, name=args.name,
+                                      classes=args.classes, version=args.ngff)
+    names = ", ".join(f"{p['label-value']}={p['class']}" for p in meta["properties"])
+    print(f"wrote {args.out}/labels/{args.name} ({names or 'no classes'})")
     return 0
 
 

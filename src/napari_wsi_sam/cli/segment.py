@@ -54,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(parser)
     parser.add_argument("--mpp", type=argtypes.slide_mpp, default=None,
                         help="µm/px of the slide, when it does not record one")
+    argtypes.add_backend_argument(parser)
     parser.add_argument("--class", dest="class_name", default="object",
                         help="class of new objects (with --prompts: of unclassified features)")
     parser.add_argument("--color", type=int, nargs=3, default=None, metavar=("R", "G", "B"),
@@ -123,7 +124,7 @@ def _segment(args: argparse.Namespace) -> int:
                                          points=np.asarray(points).reshape(-1, 2),
                                          labels=np.asarray(labels, dtype=np.int64)),
                            source="--box")]
-    with open_slide(args.slide, mpp=args.mpp) as slide:
+    with open_slide(args.slide, mpp=args.mpp, backend=args.backend) as slide:
         mpp = slide.require_mpp()
         if args.prompts is None:  # the one --box: refuse it before the store or the model
             fit_item(slide, items[0])

@@ -22,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.add_argument("--mpp", type=argtypes.slide_mpp,
                       help="pixel size in µm/px, overriding the file's")
+    argtypes.add_backend_argument(info)
     info.set_defaults(func=_info)
 
     crops = subparsers.add_parser(
@@ -39,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="crop side in px (default 1024)")
     crops.add_argument("--mpp", type=argtypes.slide_mpp,
                        help="slide pixel size in µm/px, overriding the file's")
+    argtypes.add_backend_argument(crops)
     crops.add_argument("--out", type=Path, required=True, help="folder for the outputs")
     crops.set_defaults(func=_crops)
 
@@ -54,7 +56,8 @@ def slide_info(slide: Slide) -> dict:
                        "virtual": i >= slide.native_level_count,
                        "tile": [int(c) for c in slide.levels[i].chunksize[:2]]})
     equivalent = None if slide.mpp is None else round(10.0 / slide.mpp[0], 3)
-    return {"path": str(slide.path), "vendor": slide.vendor, "width": slide.dimensions[0],
+    return {"path": str(slide.path), "backend": slide.backend, "vendor": slide.vendor,
+            "width": slide.dimensions[0],
             "height": slide.dimensions[1], "mpp": None if slide.mpp is None else list(slide.mpp),
             "objective_power": slide.objective_power, "equivalent_magnification": equivalent,
             "levels": levels,
@@ -63,7 +66,7 @@ def slide_info(slide: Slide) -> dict:
 
 
 def _info(args: argparse.Namespace) -> int:
-    with open_slide(args.slide, mpp=args.mpp) as slide:
+    with open_slide(args.slide, mpp=args.mpp, backend=args.backend) as slide:
         info = slide_info(slide)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -73,7 +76,8 @@ def _info(args: argparse.Namespace) -> int:
         mx, my = info["mpp"]
         mpp = f"{mx:.4g} x {my:.4g} µm/px (~{info['equivalent_magnification']:g}x)"
     power = info["objective_power"]
-    print(f"{info['path']}\n  vendor: {info['vendor']}\n  size: {info['width']} x "
+    print(f"{info['path']}\n  backend: {info['backend']}\n  vendor: {info['vendor']}\n"
+          f"  size: {info['width']} x "
           f"{info['height']} px\n  pixel size: {mpp}\n  objective: "
           f"{'unknown' if power is None else f'{power:g}x'}\n  levels:")
     for lvl in info["levels"]:
@@ -88,7 +92,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _crops(args: argparse.Namespace) -> int:
     prompt = Prompt.from_box(args.box) if args.box is not None else Prompt.from_points(args.point)
-    with open_slide(args.slide, mpp=args.mpp) as slide:
+    with open_slide(args.slide, mpp=args.mpp, backend=args.backend) as slide:
         pair = concentric_crops(slide, prompt, hr_mpp=args.hr_mpp, size=args.size)
     write_crops(pair, prompt, args.out, slide_path=args.slide)
     note = " (raised to fit the prompt)" if pair.mpp_raised else ""

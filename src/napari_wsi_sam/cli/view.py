@@ -10,9 +10,11 @@ from . import args as argtypes
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("view", help="open a slide in napari with the WSI-SAM widget")
-    parser.add_argument("slide", type=Path, help="slide file (.svs, .tif, .ome.tif, .ndpi)")
+    parser.add_argument("slide", type=Path, help="slide file or folder (.svs, .tif, .ndpi, .mrxs, "
+                        ".dcm, .ome.zarr, ...)")
     parser.add_argument("--mpp", type=argtypes.slide_mpp, default=None,
                         help="µm per pixel, for a slide that does not record it")
+    argtypes.add_backend_argument(parser)
     parser.add_argument("--screenshot", type=Path, default=None,
                         help="save a screenshot of the window to this PNG and close")
     parser.set_defaults(func=_view)
@@ -22,7 +24,7 @@ def _view(args: argparse.Namespace) -> int:
     # Open the slide first: a broken file is reported before any window appears.
     from ..slide import open_slide
 
-    slide = open_slide(args.slide, mpp=args.mpp)
+    slide = open_slide(args.slide, mpp=args.mpp, backend=args.backend)
 
     import napari
 

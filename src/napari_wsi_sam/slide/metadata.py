@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 PLAUSIBLE_MPP = (0.01, 100.0)
 """Pixel sizes (µm/px) believed when read from a file; others are treated as missing."""
 
-_UM_PER = {
+UM_PER = {
     "m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "μm": 1.0, "micron": 1.0,
     "nm": 1e-3, "pm": 1e-6, "Å": 1e-4, "A": 1e-4,
 }
@@ -71,7 +71,7 @@ def read_metadata(tif: tifffile.TiffFile, page: tifffile.TiffPage) -> SlideMetad
         power = _float(tags.get("Magnification"))
     if mpp is None:
         mpp = mpp_from_resolution_tags(page)
-    mpp = _plausible(mpp, source=f"{vendor} metadata")
+    mpp = plausible_mpp(mpp, source=f"{vendor} metadata")
     if power is not None and power <= 0:
         power = None
     return SlideMetadata(vendor=vendor, mpp=mpp, objective_power=power, properties=properties)
@@ -107,12 +107,12 @@ def parse_ome_xml(xml: str) -> tuple[tuple[float, float] | None, float | None, d
     for axis in ("X", "Y"):
         value = _float(pixels.get(f"PhysicalSize{axis}"))
         unit = pixels.get(f"PhysicalSize{axis}Unit", "µm")
-        if value is None or unit not in _UM_PER:
+        if value is None or unit not in UM_PER:
             if value is not None:
                 logger.warning("OME PhysicalSize%s unit %r is unknown; ignoring the pixel size",
                                axis, unit)
             return None, power, props
-        sizes.append(value * _UM_PER[unit])
+        sizes.append(value * UM_PER[unit])
     return (sizes[0], sizes[1]), power, props
 
 
@@ -134,7 +134,7 @@ def mpp_from_resolution_tags(page: tifffile.TiffPage) -> tuple[float, float] | N
     return (out[0], out[1])
 
 
-def _plausible(mpp: tuple[float, float] | None, *, source: str) -> tuple[float, float] | None:
+def plausible_mpp(mpp: tuple[float, float] | None, *, source: str) -> tuple[float, float] | None:
     if mpp is None:
         return None
     low, high = PLAUSIBLE_MPP

@@ -1,5 +1,6 @@
-"""Open a whole-slide image as lazy pyramid levels with its pixel size. No OpenSlide.
+"""Open a whole-slide image as lazy pyramid levels with its pixel size.
 
+The backend is chosen per file (`backends`): tifffile, OpenSlide or zarr for OME-Zarr.
 TIFF-based slides (Aperio SVS, OME-TIFF, NDPI, generic tiled or striped TIFF) are read with
 tifffile: each level is tifffile's zarr store opened with zarr 3 and wrapped in a dask array
 whose chunks are the file's tiles, so slicing a window decodes only the tiles under it. Plain
@@ -23,7 +24,7 @@ import dask.array as da
 import numpy as np
 
 from ..errors import MppMissingError, SlideError, one_line
-from . import sources
+from . import backends, sources
 from .pyramid import add_virtual_levels
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,9 @@ class Slide:
     downsamples : level-0 pixels per level pixel (mean of x and y), ``downsamples[0] == 1``.
     mpp : (x, y) µm per level-0 pixel, or None when neither the file nor the caller gave one.
     objective_power : the scanner's nominal objective (e.g. 20.0), or None.
-    vendor : "aperio", "ome", "ndpi", "philips", "ventana", "leica", "generic-tiff" or "image".
+    vendor : "aperio", "ome", "ndpi", "generic-tiff" or "image" (tifffile); OpenSlide's vendor
+        ("mirax", "hamamatsu", "leica", "ventana", "philips", "dicom", ...); "ome-zarr".
+    backend : what reads the pixels: "tifffile", "openslide" or "ome-zarr".
     associated : name -> lazy (Y, X, 3) uint8 dask array ("thumbnail", "label", "macro", ...).
     native_level_count : how many of `levels` are in the file; the rest are virtual.
     properties : the file's own key/value metadata (Aperio fields, OME sizes, ...).
@@ -64,6 +67,7 @@ class Slide:
         native_level_count: int | None = None,
         properties: dict[str, str] | None = None,
         closers: Sequence[Callable[[], None]] = (),
+        backend: str = "tifffile",
     ) -> None:
         if not levels or len(levels) != len(scales):
             raise SlideError(f"{path}: no image levels found; is this a slide?")
@@ -77,6 +81,7 @@ class Slide:
         self.associated = dict(associated or {})
         self.native_level_count = native_level_count or len(self.levels)
         self.properties = dict(properties or {})
+        self.backend = backend
         self._closers = list(closers)
         self._closed = False
 
@@ -195,7 +200,8 @@ class Slide:
         w, h = self.dimensions
         mpp = "none" if self.mpp is None else f"{self.mpp[0]:.4g}x{self.mpp[1]:.4g} µm/px"
         return (f"Slide({self.path.name!r}, {w}x{h}, {self.level_count} levels "
-                f"({self.native_level_count} native), {mpp}, vendor={self.vendor!r})")
+                f"({self.native_level_count} native), {mpp}, vendor={self.vendor!r}, "
+                f"backend={self.backend!r})")
 
     def _check_level(self, level: int) -> int:
         if not 0 <= level < len(self.levels):
@@ -223,16 +229,18 @@ MIN_MPP, MAX_MPP = 0.01, 100.0
 """Pixel sizes a user may give a slide, µm/px."""
 
 
-def open_slide(path: str | Path, *, mpp: float | tuple[float, float] | None = None) -> Slide:
+def open_slide(path: str | Path, *, mpp: float | tuple[float, float] | None = None,
+               backend: str = "auto") -> Slide:
     """Open a slide or plain image lazily; `mpp` (µm/px at level 0) overrides the file's.
 
-    Raises SlideError (one line naming the file and what to do) when the file is missing, a
-    directory, empty, not an image, or corrupt.
+    `backend` is ``"auto"`` (tifffile where it reads the format, OpenSlide otherwise, zarr
+    for OME-Zarr folders; see `backends`) or one of ``"tifffile"``, ``"openslide"``,
+    ``"ome-zarr"`` to force it. Raises SlideError (one line naming the file and what to do)
+    when the file is missing, empty, not an image, or corrupt.
     """
     path = Path(path).expanduser()
     given = check_mpp(mpp, path=path) if mpp is not None else None
-    sources.check_path(path)
-    opened = sources.open_source(path)
+    chosen, opened = backends.open_source(path, backend)
     if given is not None:
         if opened.mpp is not None and not np.allclose(opened.mpp, given, rtol=1e-3):
             logger.info("%s: using the given pixel size %.4g µm/px instead of the file's %.4g",
@@ -247,7 +255,7 @@ def open_slide(path: str | Path, *, mpp: float | tuple[float, float] | None = No
     slide = Slide(path, levels=levels, scales=scales, mpp=opened.mpp,
                   objective_power=opened.objective_power, vendor=opened.vendor,
                   associated=opened.associated, native_level_count=native,
-                  properties=opened.properties, closers=opened.closers)
+                  properties=opened.properties, closers=opened.closers, backend=chosen)
     if slide.mpp is None:
         logger.info("%s has no pixel size; %s", path.name, MPP_HELP)
     return slide

@@ -57,16 +57,6 @@ class Opened:
     closers: list[Callable[[], None]] = field(default_factory=list)
 
 
-def check_path(path: Path) -> None:
-    """SlideError unless `path` is an existing, non-empty, readable file."""
-    if not path.exists():
-        raise SlideError(f"{path} does not exist; check the path and spelling")
-    if path.is_dir():
-        raise SlideError(f"{path} is a directory; give a slide file (.svs, .tif, .ndpi, .jpg, ...)")
-    if path.stat().st_size == 0:
-        raise SlideError(f"{path} is empty (0 bytes); re-copy or re-export the slide")
-
-
 def open_source(path: Path) -> Opened:
     """Open `path` as a TIFF slide when it starts with a TIFF header, else as a plain image."""
     try:
@@ -88,7 +78,7 @@ def _open_tiff(path: Path) -> Opened:
     closers: list[Callable[[], None]] = [tif.close]
     try:
         opened = _tiff_levels(tif, path, closers)
-        _probe(opened.levels[-1], path)
+        probe(opened.levels[-1], path)
     except SlideError:
         _close_all(closers)
         raise
@@ -121,9 +111,9 @@ def _tiff_levels(tif: tifffile.TiffFile, path: Path, closers: list) -> Opened:
         _check_not_truncated(lvl, file_size, path)
     raw = [_dask_of(owner, closers, level=i) for owner, i in stores]
     for arr in raw:
-        _check_chunks(arr, path)
+        check_chunks(arr, path)
     name = path.name
-    factor = _value_factor(raw[-1], level_series[-1].axes)
+    factor = value_factor(raw[-1], level_series[-1].axes)
     levels = [to_rgb8(a, s.axes, scale=factor, name=name, log=i == 0)
               for i, (a, s) in enumerate(zip(raw, level_series, strict=True))]
     if any(0 in a.shape[:2] for a in levels):
@@ -138,8 +128,8 @@ def _tiff_levels(tif: tifffile.TiffFile, path: Path, closers: list) -> Opened:
         key = key if key not in associated else f"{key}{i}"
         try:
             arr = _dask_of(s, closers)
-            _check_chunks(arr, path)
-            associated[key] = to_rgb8(arr, s.axes, scale=_value_factor(arr, s.axes), name=name)
+            check_chunks(arr, path)
+            associated[key] = to_rgb8(arr, s.axes, scale=value_factor(arr, s.axes), name=name)
         except (ValueError, SlideError, *READ_ERRORS) as err:
             logger.warning("%s: skipping associated image %r (%s)", name, key, _short(err))
     return Opened(levels=levels, scales=scales, vendor=meta.vendor, mpp=meta.mpp,
@@ -177,14 +167,14 @@ def _dask_of(s: tifffile.TiffPageSeries, closers: list, *, level: int = 0) -> da
     return da.from_zarr(arr)
 
 
-def _check_chunks(arr: da.Array, path: Path) -> None:
+def check_chunks(arr: da.Array, path: Path) -> None:
     nbytes = int(np.prod(arr.chunksize, dtype=np.float64)) * arr.dtype.itemsize
     if nbytes > MAX_CHUNK_BYTES:
         raise SlideError(f"{path} stores its image in {nbytes / 2**30:.3g} GiB strips or tiles, "
                          f"too large to read piecewise (limit 1 GiB); {_RETILE}")
 
 
-def _value_factor(arr: da.Array, axes: str) -> float | None:
+def value_factor(arr: da.Array, axes: str) -> float | None:
     """Scale for non-uint8 data, from the coarsest level's peak when that level is small."""
     if arr.dtype in (np.uint8, np.bool_):
         return None
@@ -195,7 +185,7 @@ def _value_factor(arr: da.Array, axes: str) -> float | None:
     return value_scale(arr.dtype, sample)
 
 
-def _probe(level: da.Array, path: Path) -> None:
+def probe(level: da.Array, path: Path) -> None:
     """Decode one tile of the coarsest level, so corrupt or unsupported files fail at open."""
     try:
         level[:1, :1].compute(scheduler="threads")
@@ -216,8 +206,8 @@ def _open_image(path: Path) -> Opened:
         raise SlideError(f"{path} is a plain image too large to decode whole "
                          f"({_megapixels(err)}); {_RETILE}") from err
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise SlideError(f"{path} is neither a TIFF slide nor an image file; give an .svs, .tif, "
-                         ".ndpi, .ome.tif, .jpg or .png") from err
+        raise SlideError(f"{path} is neither a slide nor an image file; give an .svs, .tif, "
+                         ".ndpi, .mrxs, .scn, .dcm, .ome.zarr, .jpg or .png") from err
     lazy = _LazyImage(path, mode=mode, width=w, height=h)
     arr = da.from_array(lazy, chunks=(1024, 1024, *lazy.shape[2:]), lock=True, asarray=True)
     axes = "YXS" if arr.ndim == 3 else "YX"
@@ -227,7 +217,7 @@ def _open_image(path: Path) -> Opened:
     except OSError as err:
         raise SlideError(f"{path} cannot be decoded ({_short(err)}); {_FIX}") from err
     if w * h <= _PROBE_IMAGE_LIMIT:  # decoding checks the file; huge images stay lazy
-        _probe(level, path)
+        probe(level, path)
     return Opened(levels=[level], scales=[(1.0, 1.0)], vendor="image", closers=[lazy.release])
 
 

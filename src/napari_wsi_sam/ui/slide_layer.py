@@ -27,6 +27,7 @@ def slide_layer_data(slide: Slide) -> tuple[list[Any], dict[str, Any], str]:
         "slide_path": str(slide.path),
         "mpp": list(slide.mpp) if slide.mpp is not None else None,
         "vendor": slide.vendor,
+        "backend": slide.backend,
         "objective_power": slide.objective_power,
         "dimensions": list(slide.dimensions),
     }
@@ -56,4 +57,5 @@ def open_layer_slide(layer: Any, *, mpp: float | None = None) -> Slide:
 
         raise SlideError(f"layer {getattr(layer, 'name', layer)!r} is not a slide opened by "
                          "napari-wsi-sam; open the slide file with File > Open")
-    return open_slide(path, mpp=mpp)
+    meta = layer.metadata[META_KEY]
+    return open_slide(path, mpp=mpp, backend=meta.get("backend", "auto"))
