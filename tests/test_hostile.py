@@ -73,10 +73,9 @@ def store_state(folder: Path) -> tuple:
 
 
 # -- damaged slides ----------------------------------------------------------------------------
-@fuzz(200)
-@given(data=st.data())
-def test_damaged_slide_bytes_fail_as_one_line(asset_path, tmp_path_factory, data):
-    name = data.draw(st.sampled_from(["small.svs", "boxes.tiff"]), label="slide")
+def _damaged_copy(asset_path, tmp_path_factory, data, names: list[str]) -> Path:
+    """A real slide with up to 12 bytes changed and perhaps cut short, drawn by hypothesis."""
+    name = data.draw(st.sampled_from(names), label="slide")
     raw = bytearray(asset_path(name).read_bytes())
     edits = data.draw(st.lists(st.tuples(st.integers(0, len(raw) - 1), st.integers(0, 255)),
                                min_size=1, max_size=12), label="byte edits")
@@ -85,14 +84,25 @@ def test_damaged_slide_bytes_fail_as_one_line(asset_path, tmp_path_factory, data
     cut = data.draw(st.none() | st.integers(8, len(raw)), label="cut at")
     path = tmp_path_factory.mktemp("damaged") / name
     path.write_bytes(bytes(raw[:cut]))
+    return path
+
+
+def _read_every_level_or_one_line(path: Path, **options) -> None:
     try:
-        with open_slide(path, mpp=0.5) as slide:
+        with open_slide(path, **options) as slide:
             for level in range(slide.level_count):
                 width, height = slide.level_dimensions[level]
                 slide.read_window(level, x0=0, y0=0, x1=min(width, 2048),
                                   y1=min(height, 2048))
     except SlideError as error:
         assert "\n" not in str(error) and path.name in str(error)
+
+
+@fuzz(200)
+@given(data=st.data())
+def test_damaged_slide_bytes_fail_as_one_line(asset_path, tmp_path_factory, data):
+    path = _damaged_copy(asset_path, tmp_path_factory, data, ["small.svs", "boxes.tiff"])
+    _read_every_level_or_one_line(path, mpp=0.5)
     assert_clean_failure(*run_cli(["info", str(path)]))
 
 
@@ -103,23 +113,9 @@ def test_damaged_slide_bytes_fail_as_one_line_through_openslide(asset_path, tmp_
                                                                 data):
     """The same damage forced through OpenSlide (and DICOM, which only OpenSlide reads):
     found a damaged SVS whose property list names a key OpenSlide cannot return."""
-    name = data.draw(st.sampled_from(["small.svs", "boxes.tiff", "boxes_0.dcm"]), label="slide")
-    raw = bytearray(asset_path(name).read_bytes())
-    edits = data.draw(st.lists(st.tuples(st.integers(0, len(raw) - 1), st.integers(0, 255)),
-                               min_size=1, max_size=12), label="byte edits")
-    for offset, value in edits:
-        raw[offset] = value
-    cut = data.draw(st.none() | st.integers(8, len(raw)), label="cut at")
-    path = tmp_path_factory.mktemp("damaged") / name
-    path.write_bytes(bytes(raw[:cut]))
-    try:
-        with open_slide(path, backend="openslide") as slide:
-            for level in range(slide.level_count):
-                width, height = slide.level_dimensions[level]
-                slide.read_window(level, x0=0, y0=0, x1=min(width, 2048),
-                                  y1=min(height, 2048))
-    except SlideError as error:
-        assert "\n" not in str(error) and path.name in str(error)
+    path = _damaged_copy(asset_path, tmp_path_factory, data,
+                         ["small.svs", "boxes.tiff", "boxes_0.dcm"])
+    _read_every_level_or_one_line(path, backend="openslide")
 
 
 # -- GeoJSON -------------------------------------------------------------------------------------
