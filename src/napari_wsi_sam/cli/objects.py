@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import args as argtypes
+
+if TYPE_CHECKING:
+    from ..annotations import ObjectStore
+    from ..annotations.rendering import ObjectRasters
+    from ..slide import Slide
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -107,12 +113,11 @@ def _export(args: argparse.Namespace) -> int:
 
 def _export_labels(args: argparse.Namespace) -> int:
     from ..annotations.ome_zarr_labels import export_ome_zarr_labels
-    from ..annotations.rendering import ObjectRasters, check_shape
+    from ..annotations.rendering import check_shape
 
     slide, store = _open(args)
     with slide, store:
-        w, h = slide.dimensions
-        rasters = ObjectRasters(store, shape=(h, w), downsamples=slide.downsamples)
+        rasters = _rasters(slide, store)
         check_shape(rasters, slide.dimensions)
         meta = export_ome_zarr_labels(rasters, args.out, mpp=slide.mpp, name=args.name,
                                       classes=args.classes, version=args.ngff)
@@ -137,12 +142,17 @@ def _purge(args: argparse.Namespace) -> int:
 
 
 def _rebuild(args: argparse.Namespace) -> int:
-    from ..annotations.rendering import ObjectRasters
-
     slide, store = _open(args)
     with slide, store:
-        w, h = slide.dimensions
-        rasters = ObjectRasters(store, shape=(h, w), downsamples=slide.downsamples)
+        rasters = _rasters(slide, store)
         rasters.rebuild(store.classes())
         print(f"drew {len(store.classes())} class layers in {rasters.folder}")
     return 0
+
+
+def _rasters(slide: Slide, store: ObjectStore) -> ObjectRasters:
+    """The slide's label pyramid, drawn from the store."""
+    from ..annotations.rendering import ObjectRasters
+
+    w, h = slide.dimensions
+    return ObjectRasters(store, shape=(h, w), downsamples=slide.downsamples)
