@@ -247,3 +247,58 @@ def test_precision_choice_and_bfloat16_masks_match_float32(mobile_parts, crop_pa
     a, b = masks["float32"], masks["bfloat16"]
     agreement = (a & b).sum((1, 2)) / np.maximum((a | b).sum((1, 2)), 1)
     assert agreement.min() > 0.9, agreement
+
+
+def _crop_boxes(nest):
+    _, labels = nest
+    chosen = _prompts_per_crop(labels)[(0, 0)]
+    return np.stack([nucleus_box(labels, label) for label in chosen])
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a & b).sum((1, 2)) / np.maximum((a | b).sum((1, 2)), 1)
+
+
+@pytest.fixture(scope="module")
+def shipped(mobile_parts):
+    """The shipped head, float32 everywhere (the encoder too, for a clean comparison)."""
+    return WsiSamPredictor(device="cpu", precision="float32", head="hgsc_nuclei",
+                           parts={"mobile_sam": mobile_parts})
+
+
+def test_decoder_options_default_to_todays_masks(shipped, crop_pair, nest):
+    """exact_sam=True, float32, separate passes by default; stacked passes change nothing."""
+    assert shipped.exact_sam and shipped.decoder_precision == "float32"
+    assert not shipped.stack_passes
+    with pytest.raises(DeviceError, match="decoder precision"):
+        WsiSamPredictor(device="cpu", decoder_precision="float16")  # type: ignore[arg-type]
+    hr, lr = crop_pair
+    boxes = _crop_boxes(nest)[:4]
+    base = shipped.predict(hr, lr, boxes=boxes, cache_key="options")
+    shipped.stack_passes = True
+    try:
+        stacked = shipped.predict(hr, lr, boxes=boxes, cache_key="options")
+    finally:
+        shipped.stack_passes = False
+    np.testing.assert_allclose(stacked.logits, base.logits, rtol=0, atol=1e-4)
+
+
+def test_joint_sam_mask_and_bfloat16_agreement_with_the_shipped_head(shipped, crop_pair, nest):
+    """exact_sam=False (no third pass) and the bfloat16 decoder against today's masks, on 15
+    real nuclei: docs/performance.md gives the measured agreement over 60. The shipped head
+    learnt its residual on SAM's own mask, so without the third pass its masks move a lot
+    (mean IoU 0.71 over 60 nuclei); bfloat16 stays close (0.98)."""
+    hr, lr = crop_pair
+    boxes = _crop_boxes(nest)
+    base = shipped.predict(hr, lr, boxes=boxes, cache_key="options").masks
+    try:
+        shipped.exact_sam = False
+        joint = shipped.predict(hr, lr, boxes=boxes, cache_key="options").masks
+        shipped.exact_sam, shipped.decoder_precision = True, "bfloat16"
+        bf16 = shipped.predict(hr, lr, boxes=boxes, cache_key="options").masks
+    finally:
+        shipped.exact_sam, shipped.decoder_precision = True, "float32"
+    joint_iou, bf16_iou = _iou(joint, base), _iou(bf16, base)
+    print(f"\nexact_sam=False mean IoU {joint_iou.mean():.3f}, bfloat16 {bf16_iou.mean():.3f}")
+    assert 0.4 < joint_iou.mean() < 0.99, joint_iou  # measurably different, not unrelated
+    assert bf16_iou.mean() > 0.95 and bf16_iou.min() > 0.8, bf16_iou

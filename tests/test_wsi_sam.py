@@ -165,3 +165,38 @@ def test_one_prompt_per_crop_batches(parts, features):
         batched = model(both, both_lr, Prompts(boxes=BOXES), Prompts(boxes=BOXES / 2 + 256))
         single = model(hr, lr, Prompts(boxes=BOXES), Prompts(boxes=BOXES / 2 + 256))
     torch.testing.assert_close(batched.hr_logits, single.hr_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_stacked_passes_equal_separate_passes(parts, features):
+    """HR and LR token passes as one transformer call of batch 2N: each half equals its own
+    pass (a trained-like head, so the residuals are not zero)."""
+    torch.manual_seed(0)
+    hr, lr = features
+    model = WsiSam(prompt_encoder=parts.prompt_encoder, mask_decoder=parts.mask_decoder,
+                   head=WsiSamHead(zero_init=False)).eval()
+    prompts, lr_prompts = Prompts(boxes=BOXES), Prompts(boxes=BOXES / 2 + 256)
+    with torch.no_grad():
+        for sam_mask in ("separate", "joint"):
+            separate = model(hr, lr, prompts, lr_prompts, with_lr_mask=True, sam_mask=sam_mask)
+            stacked = model(hr, lr, prompts, lr_prompts, with_lr_mask=True, sam_mask=sam_mask,
+                            stack_passes=True)
+            for a, b in zip(separate, stacked, strict=True):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_joint_override_equals_a_joint_head(parts, features):
+    """``sam_mask="joint"`` at call time computes what a head configured "joint" does."""
+    hr, lr = features
+    model = make(parts, sam_mask="joint").eval()
+    torch.manual_seed(0)
+    model.head.hr.hypernet.layers[-1].weight.data.normal_()
+    separate_head = WsiSam(prompt_encoder=parts.prompt_encoder, mask_decoder=parts.mask_decoder,
+                           head=model.head)
+    prompts, lr_prompts = Prompts(boxes=BOXES), Prompts(boxes=BOXES / 2 + 256)
+    with torch.no_grad():
+        joint = model(hr, lr, prompts, lr_prompts)
+        model.head.config = HeadConfig(sam_mask="separate")
+        override = separate_head(hr, lr, prompts, lr_prompts, sam_mask="joint")
+        exact = separate_head(hr, lr, prompts, lr_prompts)
+    assert torch.equal(joint.hr_logits, override.hr_logits)
+    assert not torch.equal(exact.sam_logits, override.sam_logits)  # SAM's own pass differs

@@ -2,9 +2,10 @@
 
 "auto" picks CUDA, then Apple's MPS, then the CPU. The image encoder runs under autocast in
 half precision on a GPU, and in bfloat16 on a CPU with hardware bfloat16 (`encoder_dtype`);
-the decoder and the head always run in float32. A CUDA out-of-memory error never ends a
-prediction: `run_chunked` halves the decoder batch and retries, and when one prompt at a
-time still does not fit it asks its caller to move to the CPU (with a warning) and goes on.
+the decoder and the head run in float32 unless asked for bfloat16 (`decoder_dtype`). A CUDA
+out-of-memory error never ends a prediction: `run_chunked` halves the decoder batch and
+retries, and when one prompt at a time still does not fit it asks its caller to move to the
+CPU (with a warning) and goes on.
 """
 
 from __future__ import annotations
@@ -90,6 +91,39 @@ def encoder_dtype(device: torch.device, precision: str = "auto") -> torch.dtype 
 def encoder_precision(device: torch.device, precision: str = "auto") -> Iterator[None]:
     """Autocast the encoder to `encoder_dtype(device, precision)`; float32 when it is None."""
     dtype = encoder_dtype(device, precision)
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+DecoderPrecision = Literal["auto", "float32", "bfloat16"]
+DECODER_PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
+
+
+def decoder_dtype(device: torch.device, precision: str = "float32") -> torch.dtype | None:
+    """The WSI-SAM decoder's autocast dtype, or None for float32.
+
+    "auto": bfloat16 on a CPU with hardware bfloat16 or a CUDA GPU that supports it, else
+    float32. float16 is not offered: it was not measured here.
+    """
+    if precision not in DECODER_PRECISIONS:
+        raise DeviceError(f"unknown decoder precision {precision!r}; use one of "
+                          f"{', '.join(DECODER_PRECISIONS)}")
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if precision == "float32":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bfloat16() else None
+
+
+@contextlib.contextmanager
+def decoder_precision(device: torch.device, precision: str = "float32") -> Iterator[None]:
+    """Autocast the decoder to `decoder_dtype(device, precision)`; float32 when it is None."""
+    dtype = decoder_dtype(device, precision)
     if dtype is None:
         yield
         return

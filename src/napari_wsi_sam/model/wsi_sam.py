@@ -118,6 +118,52 @@ def upsample_logits(logits: Tensor, *, size: int = CROP_SIZE) -> Tensor:
     return F.interpolate(logits, (size, size), mode="bilinear", align_corners=False)
 
 
+class DecoderInputs(NamedTuple):
+    """One pass's inputs to SAM's two-way transformer (batch N)."""
+
+    src: Tensor
+    """(N,256,64,64): image embedding + dense prompt embedding."""
+    pos_src: Tensor
+    """(N or 1,256,64,64): the image positional encoding."""
+    tokens: Tensor
+    """(N,5[+1]+P,256): SAM's output tokens [+ the extra token] + the prompt tokens."""
+
+
+def decoder_inputs(decoder: MaskDecoder, *, embedding: Tensor, image_pe: Tensor,
+                   sparse: Tensor, dense: Tensor, extra_token: Tensor | None = None
+                   ) -> DecoderInputs:
+    """The transformer's inputs, built as segment-anything's ``MaskDecoder.predict_masks``
+    builds them (so SAM's own pass gives its masks bit for bit); see `decode_tokens`."""
+    weights = [decoder.iou_token.weight, decoder.mask_tokens.weight]
+    if extra_token is not None:
+        weights.append(extra_token)
+    n = sparse.shape[0]
+    output_tokens = torch.cat(weights, dim=0).unsqueeze(0).expand(n, -1, -1)
+    tokens = torch.cat((output_tokens, sparse), dim=1)
+    if n == 1 and embedding.shape[0] == 1:  # nothing to repeat (and no copy)
+        src, pos_src = embedding, image_pe
+    elif embedding.shape[0] == n:
+        src = embedding
+        pos_src = torch.repeat_interleave(image_pe, n, dim=0)
+    elif embedding.shape[0] == 1:
+        src = torch.repeat_interleave(embedding, n, dim=0)
+        pos_src = torch.repeat_interleave(image_pe, n, dim=0)
+    else:
+        raise ValueError(f"embedding batch {embedding.shape[0]} fits neither 1 nor {n} prompts")
+    return DecoderInputs(src + dense, pos_src, tokens)
+
+
+def run_transformer(decoder: MaskDecoder, inputs: DecoderInputs, *, upscale: bool = True
+                    ) -> tuple[Tensor, Tensor | None]:
+    """SAM's two-way transformer on `inputs`: updated tokens (N,T,256) and, with `upscale`,
+    the upscaled mask features (N,32,256,256)."""
+    b, c, h, w = inputs.src.shape
+    hs, src = decoder.transformer(inputs.src, inputs.pos_src, inputs.tokens)
+    if not upscale:
+        return hs, None
+    return hs, decoder.output_upscaling(src.transpose(1, 2).view(b, c, h, w))
+
+
 def decode_tokens(
     decoder: MaskDecoder,
     *,
@@ -136,28 +182,35 @@ def decode_tokens(
     (N,32,256,256) (None without `upscale`). Arithmetic as segment-anything's
     ``MaskDecoder.predict_masks``, so SAM's own pass gives its masks bit for bit.
     """
-    weights = [decoder.iou_token.weight, decoder.mask_tokens.weight]
-    if extra_token is not None:
-        weights.append(extra_token)
-    n = sparse.shape[0]
-    output_tokens = torch.cat(weights, dim=0).unsqueeze(0).expand(n, -1, -1)
-    tokens = torch.cat((output_tokens, sparse), dim=1)
-    if n == 1 and embedding.shape[0] == 1:  # nothing to repeat (and no copy)
-        src, pos_src = embedding, image_pe
-    elif embedding.shape[0] == n:
-        src = embedding
-        pos_src = torch.repeat_interleave(image_pe, n, dim=0)
-    elif embedding.shape[0] == 1:
-        src = torch.repeat_interleave(embedding, n, dim=0)
-        pos_src = torch.repeat_interleave(image_pe, n, dim=0)
-    else:
-        raise ValueError(f"embedding batch {embedding.shape[0]} fits neither 1 nor {n} prompts")
-    src = src + dense
-    b, c, h, w = src.shape
-    hs, src = decoder.transformer(src, pos_src, tokens)
-    if not upscale:
-        return hs, None
-    return hs, decoder.output_upscaling(src.transpose(1, 2).view(b, c, h, w))
+    inputs = decoder_inputs(decoder, embedding=embedding, image_pe=image_pe, sparse=sparse,
+                            dense=dense, extra_token=extra_token)
+    return run_transformer(decoder, inputs, upscale=upscale)
+
+
+def decode_stacked(decoder: MaskDecoder, first: DecoderInputs, second: DecoderInputs, *,
+                   upscale: tuple[bool, bool]) -> list[tuple[Tensor, Tensor | None]]:
+    """Two passes with the same token count (HR and LR) as one transformer call of batch 2N.
+
+    Same weights, so each half equals its separate pass to float tolerance (a batch of 2N
+    may pick other matrix kernels than N). Each half's mask features are upscaled when its
+    `upscale` flag says so. On a GPU one call instead of two; on a CPU, measure first
+    (benchmarks/bench_model.py): there a memory-bound batch of 2 costs more than 2 of 1.
+    """
+    if first.tokens.shape != second.tokens.shape:
+        raise ValueError(f"stacked passes need the same tokens, got {tuple(first.tokens.shape)}"
+                         f" and {tuple(second.tokens.shape)}")
+    n = first.tokens.shape[0]
+    pos = first.pos_src if first.pos_src.shape[0] == n else first.pos_src.expand(n, -1, -1, -1)
+    stacked = DecoderInputs(torch.cat([first.src, second.src]), torch.cat([pos, pos]),
+                            torch.cat([first.tokens, second.tokens]))
+    b, c, h, w = stacked.src.shape
+    hs, src = decoder.transformer(stacked.src, stacked.pos_src, stacked.tokens)
+    grid = src.transpose(1, 2).view(b, c, h, w)
+    out: list[tuple[Tensor, Tensor | None]] = []
+    for half, wanted in enumerate(upscale):
+        rows = slice(half * n, (half + 1) * n)
+        out.append((hs[rows], decoder.output_upscaling(grid[rows]) if wanted else None))
+    return out
 
 
 def sam_masks(decoder: MaskDecoder, hs: Tensor, upscaled: Tensor, *,
@@ -239,6 +292,8 @@ class WsiSam(nn.Module):
         multimask: bool = False,
         with_lr_mask: bool | None = None,
         hr_image_features: Tensor | None = None,
+        sam_mask: SamMaskSource | None = None,
+        stack_passes: bool = False,
     ) -> WsiSamOutput:
         """WSI-SAM masks for N prompts.
 
@@ -246,6 +301,9 @@ class WsiSam(nn.Module):
         N (one prompt per crop pair). hr_prompts, lr_prompts: the same N prompts in HR- and
         LR-crop encoder pixels. with_lr_mask: also compute `lr_logits` (default: in training).
         hr_image_features: (1 or N,32,256,256) cached ``head.hr.fusion.image_features``.
+        sam_mask: override the head's `HeadConfig.sam_mask` ("joint" skips SAM's own pass:
+            one transformer pass fewer, SAM's mask no longer exactly SAM's).
+        stack_passes: run the HR and LR passes as one transformer call (`decode_stacked`).
         """
         if len(hr_prompts) != len(lr_prompts):
             raise ValueError(f"{len(hr_prompts)} HR prompts but {len(lr_prompts)} LR prompts")
@@ -255,13 +313,17 @@ class WsiSam(nn.Module):
         pe = self.prompt_encoder.get_dense_pe()
         hr_sparse, hr_dense = self.encode_prompts(hr_prompts)
         lr_sparse, lr_dense = self.encode_prompts(lr_prompts)
-        joint = head.config.sam_mask == "joint"
-        hs_hr, up_hr = decode_tokens(decoder, embedding=hr.embedding, image_pe=pe,
-                                     sparse=hr_sparse, dense=hr_dense,
-                                     extra_token=head.hr.token.weight, upscale=joint)
-        hs_lr, up_lr = decode_tokens(decoder, embedding=lr.embedding, image_pe=pe,
-                                     sparse=lr_sparse, dense=lr_dense,
-                                     extra_token=head.lr.token.weight, upscale=with_lr_mask)
+        joint = (sam_mask or head.config.sam_mask) == "joint"
+        hr_in = decoder_inputs(decoder, embedding=hr.embedding, image_pe=pe, sparse=hr_sparse,
+                               dense=hr_dense, extra_token=head.hr.token.weight)
+        lr_in = decoder_inputs(decoder, embedding=lr.embedding, image_pe=pe, sparse=lr_sparse,
+                               dense=lr_dense, extra_token=head.lr.token.weight)
+        if stack_passes:
+            (hs_hr, up_hr), (hs_lr, up_lr) = decode_stacked(decoder, hr_in, lr_in,
+                                                            upscale=(joint, with_lr_mask))
+        else:
+            hs_hr, up_hr = run_transformer(decoder, hr_in, upscale=joint)
+            hs_lr, up_lr = run_transformer(decoder, lr_in, upscale=with_lr_mask)
         if not joint:  # SAM's own pass; its upscaled mask features feed the HR fusion
             hs_hr_sam, up_hr = decode_tokens(decoder, embedding=hr.embedding, image_pe=pe,
                                              sparse=hr_sparse, dense=hr_dense)
