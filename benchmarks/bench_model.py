@@ -1,8 +1,10 @@
 """Time the encoder, a cold WSI-SAM prompt and a warm (cached) prompt, against official MobileSAM.
 
 Run: ``python benchmarks/bench_model.py [--device cpu|cuda] [--compile] [--repeats 3]``.
-Prints one table (medians, seconds). The reference rows need the test-only ``mobile_sam``
-package (mobilesam-mirror); they are skipped without it. On a shared CPU, timings are noisy.
+Prints one table (medians, seconds). The reference column needs the test-only ``mobile_sam``
+package (mobilesam-mirror); it is left empty without it. The warm-prompt rows (one per
+speed lever of the WSI-SAM decoder, with the shipped head) and the reference decoder are timed
+round-robin, 5x `--repeats` times each, so a shared CPU's noise falls on all of them alike.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import argparse
 import logging
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -21,6 +23,7 @@ from napari_wsi_sam.assets import fetch
 from napari_wsi_sam.model import load_sam
 from napari_wsi_sam.model.device import encoder_dtype
 from napari_wsi_sam.model.encoder import optimise_for_inference
+from napari_wsi_sam.model.fusion import FeatureFusion
 from napari_wsi_sam.model.predictor import WsiSamPredictor
 
 
@@ -33,6 +36,45 @@ def median_time(fn: Callable[[], object], repeats: int, *, sync: bool) -> float:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def round_robin(fns: Mapping[str, Callable[[], object]], repeats: int, *,
+                sync: bool) -> dict[str, float]:
+    """Median seconds of each function, calling them in turn so that noise is shared."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if sync:
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def legacy_project(self: FeatureFusion, vectors: torch.Tensor, upscaled: torch.Tensor,
+                   image_features: torch.Tensor) -> torch.Tensor:
+    """`FeatureFusion.project` before the channels-last fusion (LayerNorm2d in NCHW), for the
+    "as before" row."""
+    n, _, height, width = upscaled.shape
+    conv1, norm, act, conv2 = self.mask
+    hidden = act(norm(conv1(upscaled)))
+    weight = torch.einsum("nc,cikl->nikl", vectors, conv2.weight)
+    grouped = hidden.reshape(1, n * hidden.shape[1], height, width)
+    logits = torch.nn.functional.conv2d(grouped, weight, vectors @ conv2.bias, padding=1,
+                                        groups=n).view(n, 1, height, width)
+    return logits + (vectors @ image_features.flatten(2)[0]).view(n, 1, height, width)
+
+
+LEVERS: dict[str, dict[str, object]] = {
+    "warm WSI-SAM prompt, as before (NCHW fusion)": {"legacy": True},
+    "warm WSI-SAM prompt, default (channels-last fusion)": {},
+    "  + HR and LR passes stacked in one call": {"stack_passes": True},
+    "  + bfloat16 decoder and fusion": {"decoder_precision": "bfloat16"},
+    "  + no third pass (exact_sam=False)": {"exact_sam": False},
+    "  + bfloat16 and no third pass": {"decoder_precision": "bfloat16", "exact_sam": False},
+}
+"""Warm-prompt rows: predictor attributes of each lever, applied to the default predictor."""
 
 
 def main() -> None:
@@ -67,7 +109,7 @@ def main() -> None:
     def prompt_times(precision: str) -> tuple[float, float, float, float]:
         """(encoder pass, cold WSI-SAM prompt, warm WSI-SAM prompt, warm SAM prompt)."""
         predictor = WsiSamPredictor(device=args.device, parts={"mobile_sam": parts},
-                                    precision=precision)
+                                    precision=precision, head="hgsc_nuclei")
         counter = iter(range(10**6))
 
         def cold() -> object:
@@ -89,34 +131,30 @@ def main() -> None:
     auto_dtype = encoder_dtype(torch.device(args.device), "auto")
     auto_name = "float32" if auto_dtype is None else str(auto_dtype).replace("torch.", "")
 
-    ref_encoder = ref_prompt = None
-    try:
-        from mobile_sam import SamPredictor, sam_model_registry
-    except ImportError:
-        logging.warning("mobile_sam not installed: no reference rows")
-    else:
-        model = sam_model_registry["vit_t"](checkpoint=str(paths["mobile_sam.pt"]))
-        reference = SamPredictor(model.to(args.device).eval())
+    reference = reference_predictor(paths["mobile_sam.pt"], args.device)
+    ref_encoder = None
+    if reference is not None:
         with torch.inference_mode():
             reference.set_image(hr)
             ref_encoder = median_time(lambda: reference.set_image(hr), args.repeats, sync=sync)
-            ref_prompt = median_time(lambda: reference.predict(box=box[0], multimask_output=False),
-                                     args.repeats * 3, sync=sync)
-
-    def ratio(ours: float, ref: float | None) -> str:
-        return f"{ref / ours:5.2f}x" if ref else "   -"
+    levers, batches = lever_times(parts, reference, hr, lr, box, args.device,
+                                  repeats=args.repeats, sync=sync)
+    ref_prompt = levers.get("reference")
 
     ref_cold = None if ref_encoder is None or ref_prompt is None else 2 * ref_encoder + ref_prompt
-    rows = [("encoder, plain float32 (1 crop)", plain, ref_encoder),
-            ("encoder, channels_last float32 (1 crop)", last, ref_encoder)]
+    rows: list[tuple[str, float, float | None]] = [
+        ("encoder, plain float32 (1 crop)", plain, ref_encoder),
+        ("encoder, channels_last float32 (1 crop)", last, ref_encoder)]
     if compiled is not None:
         rows.append(("encoder, compiled float32 (1 crop)", compiled, ref_encoder))
-    for name, (encoder, cold_wsi, warm_wsi, warm_sam) in (("float32", fp32),
-                                                          (f"auto={auto_name}", auto)):
+    for name, (encoder, cold_wsi, _warm, warm_sam) in (("float32", fp32),
+                                                       (f"auto={auto_name}", auto)):
         rows += [(f"encoder in the predictor, {name} (1 crop)", encoder, ref_encoder),
                  (f"cold WSI-SAM prompt, {name} (2 passes + decoder)", cold_wsi, ref_cold),
-                 (f"warm WSI-SAM prompt, {name} (cached)", warm_wsi, ref_prompt),
                  (f"warm SAM prompt, {name} (cached)", warm_sam, ref_prompt)]
+    rows += [(name, levers[name], ref_prompt) for name in LEVERS]
+    for size, (ours, ref) in batches.items():
+        rows.append((f"warm WSI-SAM, per prompt at batch {size} (default)", ours, ref))
     device = torch.cuda.get_device_name() if sync else f"CPU, {torch.get_num_threads()} threads"
     print(f"\ndevice: {device}; torch {torch.__version__}; medians of {args.repeats}+ runs")
     print(f"{'':56s} {'ours (s)':>9s} {'reference (s)':>14s} {'ref/ours':>9s}")
@@ -124,8 +162,76 @@ def main() -> None:
         ref_text = f"{ref:14.3f}" if ref is not None else f"{'-':>14s}"
         print(f"{name:56s} {ours:9.3f} {ref_text} {ratio(ours, ref):>9s}")
     print("reference: official MobileSAM SamPredictor, float32; its cold row is two set_image "
-          "calls (HR and LR crops) + one predict")
+          "calls (HR and LR crops) + one predict; warm rows: SamPredictor.predict (batch 1) "
+          "or predict_torch (batch B, per prompt); the WSI-SAM rows use the shipped head")
 
+
+def ratio(ours: float, ref: float | None) -> str:
+    return f"{ref / ours:5.2f}x" if ref else "   -"
+
+
+def reference_predictor(checkpoint: object, device: str) -> object | None:
+    """Official MobileSAM's SamPredictor, or None without the test-only package."""
+    try:
+        from mobile_sam import SamPredictor, sam_model_registry
+    except ImportError:
+        logging.warning("mobile_sam not installed: no reference column")
+        return None
+    model = sam_model_registry["vit_t"](checkpoint=str(checkpoint))
+    return SamPredictor(model.to(device).eval())
+
+
+def lever_times(parts: object, reference: object | None, hr: np.ndarray, lr: np.ndarray,
+                box: np.ndarray, device: str, *, repeats: int, sync: bool
+                ) -> tuple[dict[str, float], dict[int, tuple[float, float | None]]]:
+    """Warm-prompt seconds per lever (round-robin with the reference decoder), and per-prompt
+    seconds at larger prompt batches (ours, reference)."""
+    predictor = WsiSamPredictor(device=device, parts={"mobile_sam": parts}, head="hgsc_nuclei")
+    defaults = {"exact_sam": True, "decoder_precision": "float32", "stack_passes": False}
+    fusion = type(predictor.head.hr.fusion)
+
+    def lever(settings: Mapping[str, object]) -> Callable[[], object]:
+        def call() -> object:
+            for key, value in {**defaults, **settings}.items():
+                if key != "legacy":
+                    setattr(predictor, key, value)
+            saved = fusion.project
+            if settings.get("legacy"):
+                fusion.project = legacy_project  # type: ignore[method-assign]
+            try:
+                return predictor.predict(hr, lr, boxes=box, cache_key="warm")
+            finally:
+                fusion.project = saved  # type: ignore[method-assign]
+        return call
+
+    fns: dict[str, Callable[[], object]] = {name: lever(s) for name, s in LEVERS.items()}
+    if reference is not None:
+        with torch.inference_mode():
+            reference.set_image(hr)  # type: ignore[attr-defined]
+        fns["reference"] = lambda: reference.predict(  # type: ignore[attr-defined]
+            box=box[0], multimask_output=False)
+    for fn in fns.values():  # warm-up: kernels, caches
+        fn()
+    with torch.inference_mode():
+        times = round_robin(fns, repeats * 5, sync=sync)
+    batches: dict[int, tuple[float, float | None]] = {}
+    for size in (16, 64):
+        index = np.arange(size)
+        dx, dy = index % 8 * 100.0 + index // 64 * 7, index // 8 % 8 * 80.0
+        boxes = box + np.stack([dx, dy, dx, dy], 1)  # an 8x8 grid of boxes over the crop
+        predictor.decoder_batch = size
+        ours = median_time(lambda b=boxes: predictor.predict(hr, lr, boxes=b, cache_key="warm"),
+                           repeats, sync=sync) / size
+        ref = None
+        if reference is not None:
+            torch_boxes = torch.as_tensor(boxes, dtype=torch.float32, device=device)
+            scaled = reference.transform.apply_boxes_torch(  # type: ignore[attr-defined]
+                torch_boxes, hr.shape[:2])
+            with torch.inference_mode():
+                ref = median_time(lambda b=scaled: reference.predict_torch(  # type: ignore
+                    None, None, boxes=b, multimask_output=False), repeats, sync=sync) / size
+        batches[size] = (ours, ref)
+    return times, batches
 
 if __name__ == "__main__":
     main()
