@@ -1,5 +1,6 @@
 """Annotating the real CMU slide in a real napari viewer (Xvfb) with the real MobileSAM weights:
-draw, select, refine, re-class, delete, undo, batch, import, export, two viewers, reopen.
+draw, select, refine, re-class, delete, undo, batch, Segment all, import, export, two viewers,
+reopen.
 
 The tests act as a user does, on the layers (drawing rectangles, clicking) and the dock's
 controls, and check the layers and the session's store."""
@@ -10,6 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
+from shapely.geometry import Polygon
 from shapely.geometry import box as shapely_box
 
 from napari_wsi_sam.annotations import AnnotationObject, ObjectStore, read_geojson, write_geojson
@@ -20,12 +22,13 @@ from napari_wsi_sam.model.wsi_sam import WsiSamHead
 from napari_wsi_sam.pipeline import CropPairCache, segment_prompt
 from napari_wsi_sam.prompts import Prompt
 from napari_wsi_sam.slide import open_slide
-from napari_wsi_sam.ui.coords import box_to_world_corners
+from napari_wsi_sam.ui.coords import box_to_world_corners, slide_to_world
 from napari_wsi_sam.ui.layers import (
     FAILED_COLOR,
     HIGHLIGHT,
     POINTS_LAYER,
     PROMPTS_LAYER,
+    REGION_LAYER,
     class_layer_name,
     class_layers,
 )
@@ -217,6 +220,64 @@ def test_batch_refine_then_cancel_keeps_what_was_done(make_napari_viewer, qtbot,
     widget.batch_refine(layer)  # again: what was done is skipped, the rest is done
     wait_idle(widget, qtbot)
     assert widget.session.store.count() == len(TWO_GROUPS)
+    assert widget.progress.native.isHidden()
+
+
+# Segment all at the default 10x: the follicle's surroundings (one crop pair, 9 points), and
+# that box with a thin arm to the right, two crop pairs wide.
+AROUND_FOLLICLE = (1150.0, 1950.0, 1380.0, 2220.0)
+FOLLICLE_AND_ARM = [(1150, 1950), (1380, 1950), (1380, 2080), (2210, 2080), (2210, 2110),
+                    (1380, 2110), (1380, 2220), (1150, 2220)]
+
+
+def test_segment_all_in_a_drawn_region_one_undo_and_cancel(make_napari_viewer, qtbot,
+                                                           slide_copy):
+    viewer, widget = open_annotator(make_napari_viewer, slide_copy)
+    session, store = widget.session, widget.session.store
+    press = widget._segment_all.native.click
+    press()  # no region yet: the region layer comes, ready for a rectangle
+    region_layer = viewer.layers[REGION_LAYER]
+    assert region_layer.mode == "add_rectangle"
+    assert viewer.layers.selection.active is region_layer
+    assert "then press Segment all again" in widget.status and not widget.annotator.busy
+    scale = viewer.layers[0].scale
+    region_layer.add_paths([slide_to_world(np.array([[100.0, 100.0], [300.0, 300.0]]),
+                                           scale=scale) / region_layer.scale])
+    press()  # a line has no inside: one line in the status, nothing runs
+    assert "a path has no inside" in widget.status and not widget.annotator.busy
+    region_layer.selected_data = {0}
+    region_layer.remove_selected()
+    region_layer.add_rectangles(box_to_world_corners(np.asarray(AROUND_FOLLICLE), scale=scale)
+                                / region_layer.scale)
+    widget.class_name.value = "tumour"
+    press()
+    assert not widget.progress.native.isHidden()
+    wait_idle(widget, qtbot)
+    ids = store.ids()
+    assert ids and f"{len(ids)} new objects in the region" in widget.status, widget.status
+    region = shapely_box(*AROUND_FOLLICLE)
+    labels = viewer.layers[class_layer_name("tumour")]
+    for obj in map(store.get, ids):
+        assert obj.class_name == "tumour" and region.buffer(1).covers(obj.geometry)
+        assert (level0(labels, obj.bounds) == obj.id).any()
+    widget.undo()  # one undo: the whole run
+    wait_idle(widget, qtbot)
+    assert store.count() == 0
+    assert not any((level0(labels, store.get(i).bounds) == i).any() for i in ids)
+
+    # A polygon two crop pairs wide; Cancel while the first crop runs keeps that crop's
+    # objects, as reported, and runs no other.
+    corners = slide_to_world(np.asarray(FOLLICLE_AND_ARM, float), scale=scale)
+    region_layer.add_polygons([corners / region_layer.scale])
+    press()
+    qtbot.waitUntil(lambda: len(session.queue) == 0, timeout=30_000)  # the run has begun
+    widget.cancel()
+    wait_idle(widget, qtbot)
+    assert "cancelled after crop 1 of 2" in widget.status, widget.status
+    kept = store.ids()
+    assert kept and f"the {len(kept)} new objects so far are kept" in widget.status
+    polygon = Polygon(FOLLICLE_AND_ARM)
+    assert all(polygon.buffer(1).covers(store.get(i).geometry) for i in kept)
     assert widget.progress.native.isHidden()
 
 

@@ -1,5 +1,5 @@
 """The Qt-free annotation session on the real CMU slide with the real weights: requests in
-order, selection, refinement as versions, undo, classes, import, batch, export."""
+order, selection, refinement as versions, undo, classes, import, batch, Segment all, export."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from shapely.geometry import box, shape
 
 from napari_wsi_sam.annotations import ObjectStore
+from napari_wsi_sam.model import registry
 from napari_wsi_sam.pipeline import items_from_store
 from napari_wsi_sam.session import (
     AnnotationSession,
@@ -20,6 +21,7 @@ from napari_wsi_sam.session import (
     ImportRequest,
     PointRequest,
     ReclassRequest,
+    SegmentAllRequest,
     UndoRequest,
 )
 
@@ -115,6 +117,33 @@ def test_cancel_stops_a_batch_after_the_current_object(session):
     session.cancel()
     (note,) = list(run)  # nothing more runs; what was done stays
     assert "cancelled after 1 of 4" in note.message and session.store.count() == 1
+
+
+def test_segment_all_stores_a_region_once_and_one_undo_removes_the_run(session):
+    width, _ = session.slide.dimensions
+    (off,) = session.run_now(SegmentAllRequest(box(width + 10, 5, width + 90, 60)))
+    assert off.error and "outside" in off.message and "\n" not in off.message
+    session.set_model(registry.parse_choice("sam"))
+    session.set_hr_mpp(0.25, follow_default=False)  # SAM at 40x: nuclei
+    session.current_class = "nucleus"  # not stored yet: the run stores it first
+    region = box(1090, 760, 1170, 840)  # 40 µm of epidermis: one crop pair, 25 points
+    outcomes = session.run_now(SegmentAllRequest(region))
+    assert [o.error for o in outcomes] == [False, False], [o.message for o in outcomes]
+    assert [o.progress for o in outcomes] == [(1, 1), (1, 1)]
+    assert outcomes[0].touched == ("nucleus",)
+    ids = session.store.ids()
+    assert len(ids) >= 2 and f"{len(ids)} new objects in the region" in outcomes[-1].message
+    assert "Undo removes them all" in outcomes[-1].message
+    for obj in map(session.store.get, ids):
+        assert obj.class_name == "nucleus" and obj.model == "sam" and obj.prompt["auto"]
+        assert obj.prompt["hr_mpp"] == 0.25 and region.buffer(1).covers(obj.geometry)
+    assert session.store.classes()["nucleus"] == session.classes.color("nucleus")
+    # A rerun repeats nothing: it finds the run's objects again.
+    again = session.run_now(SegmentAllRequest(region))
+    assert session.store.ids() == ids
+    assert f"no new objects in the region ({len(ids)} were there already)" in again[-1].message
+    only(session.run_now(UndoRequest()))  # the whole run in one step
+    assert session.store.count() == 0
 
 
 def test_import_keeps_holes_and_parts_then_refines_in_place(session, tmp_path):

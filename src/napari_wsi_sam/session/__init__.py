@@ -11,10 +11,12 @@ from .requests import (
     PointRequest,
     ReclassRequest,
     Request,
+    SegmentAllRequest,
     SyncRequest,
     UndoRequest,
 )
 
 __all__ = ["DEFAULT_CLASSES", "AnnotationSession", "BatchRequest", "BoxRequest",
            "ClassRegistry", "DeleteRequest", "ImportRequest", "Outcome", "PointRequest",
-           "ReclassRequest", "Request", "SyncRequest", "UndoRequest"]
+           "ReclassRequest", "Request", "SegmentAllRequest", "SyncRequest",
+           "UndoRequest"]

@@ -41,6 +41,7 @@ from ..pipeline import (
     segment_prompt,
     store_segmented,
 )
+from ..pipeline.auto_segment import AutoProgress, fit_region, segment_all
 from ..pipeline.embedding_store import attach as attach_embeddings
 from ..prompts import Prompt
 from ..scale import DEFAULT_HR_MPP, scale_text
@@ -56,6 +57,7 @@ from .requests import (
     ReclassRequest,
     Request,
     RequestQueue,
+    SegmentAllRequest,
     SyncRequest,
     UndoRequest,
 )
@@ -205,6 +207,9 @@ class AnnotationSession:
             if isinstance(request, BatchRequest):
                 yield from self._batch(request)
                 return
+            if isinstance(request, SegmentAllRequest):
+                yield from self._segment_all(request)
+                return
             yield self._one(request, started)
         except WsiSamError as error:
             yield Outcome(request, str(error), error=True, touched=self._sync())
@@ -314,6 +319,32 @@ class AnnotationSession:
             yield Outcome(request, f"Batch done: {len(items) - errors} of {len(items)} gave "
                           f"an object ({errors} without one)", progress=(len(items),) * 2)
 
+    def _segment_all(self, request: SegmentAllRequest) -> Iterator[Outcome]:
+        """Every object in the region, one outcome per crop (its objects already stored, so
+        a cancel keeps what was reported); the run is one change-log group: one undo."""
+        region = fit_region(self.slide, request.region)  # off the slide: before the model
+        self.classes.ensure_stored(self.current_class)
+        steps = segment_all(self.slide, region, self.predictor(), store=self.store,
+                            class_name=self.current_class, hr_mpp=self.hr_mpp,
+                            settings=request.settings, provenance=self.provenance(),
+                            crop_cache=self._crop_cache)
+        step: AutoProgress | None = None
+        try:
+            for step in steps:
+                yield Outcome(request, f"Segment all: crop {step.done}/{step.total}, "
+                              f"{step.added} new objects so far", touched=self._sync(),
+                              progress=(step.done, step.total),
+                              seconds_left=step.seconds_left)
+                if self._cancel.is_set() and step.done < step.total:
+                    yield Outcome(request, f"Segment all cancelled after crop {step.done} of "
+                                  f"{step.total}: the {step.added} new objects so far are "
+                                  "kept (Undo removes them)", progress=(step.done, step.total))
+                    return
+        finally:
+            steps.close()
+        if step is not None:
+            yield Outcome(request, _segment_all_summary(step), progress=(step.total,) * 2)
+
     # ----------------------------------------------------------------- files and sync
     def export_geojson(self, path: Path | str, *, classes: list[str] | None = None) -> int:
         """Every live object (of `classes`, when given) to QuPath GeoJSON; how many."""
@@ -334,3 +365,12 @@ class AnnotationSession:
         """Classes that have live objects, in the registry's order."""
         live = self.store.live_classes()
         return [name for name in self.classes.names() if name in live]
+
+
+def _segment_all_summary(step: AutoProgress) -> str:
+    """The last line of a Segment all run: what it added, what it found there already."""
+    there = f" ({len(step.found)} were there already)" if step.found else ""
+    if not step.added:
+        return f"Segment all: no new objects in the region{there}"
+    return (f"Segment all: {step.added} new objects in the region{there}; "
+            "Undo removes them all")

@@ -12,11 +12,15 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..pipeline.items import BatchItem
+
+if TYPE_CHECKING:
+    from ..annotations.polygons import Areal
+    from ..pipeline.auto_segment import AutoSettings
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,6 +71,15 @@ class BatchRequest(Request):
 
     items: tuple[BatchItem, ...]
     use_mask_prompts: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentAllRequest(Request):
+    """Segment every object in a region (a shapely Polygon or MultiPolygon, level-0 px) as
+    objects of the current class; settings None: `AutoSettings`' defaults."""
+
+    region: Areal
+    settings: AutoSettings | None = None
 
 
 @dataclass(frozen=True, eq=False)

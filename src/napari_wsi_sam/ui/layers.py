@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 PROMPTS_LAYER = "WSI-SAM prompts"
 POINTS_LAYER = "WSI-SAM points"
 FIELDS_LAYER = "WSI-SAM fields"
+REGION_LAYER = "WSI-SAM region"
 CLASS_LAYER_PREFIX = "WSI-SAM: "
 CLASS_KEY = "napari_wsi_sam_class"
 STORE_KEY = "napari_wsi_sam_store"
@@ -35,6 +36,7 @@ POSITIVE_COLOR = "#30e030"
 NEGATIVE_COLOR = "#ff3030"
 FAILED_COLOR = "#ff3030"
 PROMPT_COLOR = "#ffff00"
+REGION_COLOR = "#00e5ff"
 HIGHLIGHT = [1.0, 1.0, 1.0, 1.0]
 """The selected object is drawn white in its class's layer."""
 
@@ -60,6 +62,16 @@ def ensure_prompts_layer(viewer: napari.viewer.Viewer, slide_layer: Image | None
                               **aligned_with(slide_layer))
     layer.mode = "add_rectangle"
     return layer
+
+
+def ensure_region_layer(viewer: napari.viewer.Viewer, slide_layer: Image | None) -> Shapes:
+    """The layer Segment all takes its region from, added on first use (drawing in the
+    prompts layer would segment the region as one box)."""
+    if REGION_LAYER in viewer.layers:
+        return viewer.layers[REGION_LAYER]
+    return viewer.add_shapes(name=REGION_LAYER, edge_color=REGION_COLOR,
+                             face_color="transparent", edge_width=4,
+                             **aligned_with(slide_layer))
 
 
 def ensure_points_layer(viewer: napari.viewer.Viewer, slide_layer: Image | None) -> Points:
@@ -139,7 +151,7 @@ def keep_slides_below(viewer: napari.viewer.Viewer) -> None:
 
 
 def _is_annotation(layer: Any) -> bool:
-    return layer.name in (PROMPTS_LAYER, POINTS_LAYER, FIELDS_LAYER) or (
+    return layer.name in (PROMPTS_LAYER, POINTS_LAYER, FIELDS_LAYER, REGION_LAYER) or (
         CLASS_KEY in getattr(layer, "metadata", {}))
 
 

@@ -1,9 +1,10 @@
 """The WSI-SAM dock widget: controls that forward to the slide's `AnnotationSession`.
 
 Draw a rectangle in 'WSI-SAM prompts' and the object is segmented; click an object to select
-it, Shift+click to add a positive point to it, Alt+click a negative one (`annotator`). Each
-class has its own labels layer, drawn from the object store beside the slide. Every action
-here is a session request; a script can do all of it through `session` without Qt.
+it, Shift+click to add a positive point to it, Alt+click a negative one (`annotator`). Segment
+all finds every object inside a shape drawn in 'WSI-SAM region'. Each class has its own labels
+layer, drawn from the object store beside the slide. Every action here is a session request; a
+script can do all of it through `session` without Qt.
 """
 
 from __future__ import annotations
@@ -40,13 +41,14 @@ from ..session import (
     DeleteRequest,
     ImportRequest,
     ReclassRequest,
+    SegmentAllRequest,
     UndoRequest,
 )
 from ..slide import CropPair
 from . import layers as ui_layers
 from .annotator import Annotator, shapes_of
 from .model_controls import ModelControls
-from .shapes import shapes_to_items
+from .shapes import region_of, shapes_to_items
 from .slide_layer import META_KEY, open_layer_slide, slide_path_of
 from .training_panel import TrainingPanel
 from .workers import UserError, cut_crops
@@ -104,6 +106,12 @@ class WsiSamWidget(Container):
         self._batch_masks = CheckBox(name="batch_masks", text="Use shapes as mask prompts",
                                      value=False)
         self._batch = PushButton(text="Batch refine")
+        self._segment_all = PushButton(
+            text="Segment all",
+            tooltip="Every object inside a region, as objects of the chosen class: draw a "
+                    f"rectangle or polygon in the '{ui_layers.REGION_LAYER}' layer (the first "
+                    "press adds it), then press. Takes the selected shapes, else the last "
+                    "one. Cancel keeps the crops done; one Undo removes the whole run.")
         self._cancel = PushButton(text="Cancel")
         self._undo = PushButton(text="Undo")
         self._redo = PushButton(text="Redo")
@@ -121,8 +129,8 @@ class WsiSamWidget(Container):
             self._slide_layer, self._slide_info, self._mpp, *self.models.widgets,
             self._threshold, self._device, self._class, self._new_class, self._class_color,
             self._labels_folder, self._live, self._boxes, self._segment, self._set_class,
-            self._delete, self._batch_layer, self._batch_masks, self._batch, self._cancel,
-            self._undo, self._redo, self._export, self._import, self._outlines,
+            self._delete, self._batch_layer, self._batch_masks, self._batch, self._segment_all,
+            self._cancel, self._undo, self._redo, self._export, self._import, self._outlines,
             self._show_fields, *self.training.widgets, self._progress, self._status])
         self._connect()
         self._on_slide_layer(self._slide_layer.value)
@@ -140,6 +148,7 @@ class WsiSamWidget(Container):
         self._set_class.changed.connect(lambda _=None: self.set_class_of_selected())
         self._delete.changed.connect(lambda _=None: self.delete_selected())
         self._batch.changed.connect(lambda _=None: self.batch_refine())
+        self._segment_all.changed.connect(lambda _=None: self.segment_all())
         self._cancel.changed.connect(lambda _=None: self.cancel())
         self._undo.changed.connect(lambda _=None: self.undo())
         self._redo.changed.connect(lambda _=None: self.redo())
@@ -353,6 +362,22 @@ class WsiSamWidget(Container):
             return BatchRequest(tuple(items), use_mask_prompts=masks or source == CLASS_OBJECTS)
 
         self._submit(make)
+
+    def segment_all(self) -> None:
+        """Segment every object inside the region drawn in the region layer; without one,
+        add that layer, ready to draw, and say what to do."""
+        if self.annotator is None:
+            self.report("no slide: open a slide (File > Open) first", "error")
+            return
+        layer = ui_layers.ensure_region_layer(self._viewer, self.annotator.slide_layer)
+        if len(layer.data) == 0:
+            self._viewer.layers.selection.active = layer
+            layer.mode = "add_rectangle"
+            self.report(f"Draw a rectangle or polygon around the objects in "
+                        f"'{layer.name}', then press Segment all again", "info")
+            return
+        slide_layer = self.annotator.slide_layer
+        self._submit(lambda _s: SegmentAllRequest(region_of(layer, slide_layer)))
 
     def export_geojson(self, path: Path | None = None) -> Path | None:
         """Every live object to QuPath GeoJSON (asks for a path when none is given)."""
