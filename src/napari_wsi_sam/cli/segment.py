@@ -20,6 +20,7 @@ from ..errors import AnnotationError, PromptError, StoreError
 from ..model.registry import MODEL_NAMES
 from ..prompts import Prompt
 from . import args as argtypes
+from .auto import add_auto_arguments, check_auto_args, check_not_auto, segment_auto
 
 EPILOG = """\
 coordinates are level-0 slide pixels (x, y), boxes X0 Y0 X1 Y1.
@@ -28,6 +29,8 @@ examples:
   napari-wsi-sam segment slide.svs --box 1185 1980 1345 2185 --negative-point 1300 2150 \\
       --class follicle --out follicle.geojson
   napari-wsi-sam segment slide.svs --prompts coarse.geojson --out refined.geojson
+  napari-wsi-sam segment slide.svs --auto --region 0 0 2048 2048 --head hgsc_nuclei \
+      --class nucleus --out nuclei.geojson
 objects are added to the object store (--labels, default <slide stem>.wsi-sam/ beside the
 slide); --out gets the objects of this run only, or every live object of the store with
 --all. A rerun after a crash skips what was done (resume); --force redoes it.
@@ -45,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--prompts", type=Path, metavar="FILE.geojson",
                         help="batch: refine every Polygon/MultiPolygon of a QuPath GeoJSON file "
                              "(its bounds as the box, its class kept)")
+    source.add_argument("--auto", action="store_true",
+                        help="segment all: every object in --region, from a grid of points")
     parser.add_argument("--point", type=float, nargs=2, action="append", default=[],
                         metavar=("X", "Y"), help="positive point (with --box; repeatable)")
     parser.add_argument("--negative-point", type=float, nargs=2, action="append", default=[],
@@ -52,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mask-prompts", action="store_true",
                         help="with --prompts: give each polygon's own mask as a mask prompt")
     add_model_arguments(parser)
+    add_auto_arguments(parser)
     parser.add_argument("--mpp", type=argtypes.slide_mpp, default=None,
                         help="µm/px of the slide, when it does not record one")
     argtypes.add_backend_argument(parser)
@@ -110,6 +116,8 @@ def _segment(args: argparse.Namespace) -> int:
 
     _check_args(args)
     choice, hr_mpp = resolve_model(args)
+    if args.auto:
+        return segment_auto(args, choice=choice, hr_mpp=hr_mpp)
     if args.prompts is not None:
         items, skipped = items_from_geojson(args.prompts)
         if not items:
@@ -196,6 +204,10 @@ def _run_batch(slide, items, predictor, *, store, args: argparse.Namespace,
 
 def _check_args(args: argparse.Namespace) -> None:
     """User errors that need no slide or model, as one line each."""
+    if args.auto:
+        check_auto_args(args)
+    else:
+        check_not_auto(args)
     if args.prompts is not None and (args.point or args.negative_point):
         raise PromptError("--point and --negative-point refine one --box; they do not apply "
                           "to --prompts")

@@ -103,8 +103,9 @@ class WsiSamPredictor:
     """Holds the models, the device, the embedding cache; `predict` turns prompts into masks.
 
     model: default model for `predict` ("wsi-sam", "sam", "medsam").
-    head: a trained `WsiSamHead`, a head checkpoint path, "default" for the head shipped in
-        the package (`shipped_head`), or None for a fresh head (= SAM).
+    head: a trained `WsiSamHead`, a head checkpoint path, a head's registry name (e.g.
+        "hgsc_nuclei", the head shipped in the package: `registry.find_head`), or None for a
+        fresh head (= SAM).
     device: "auto" (CUDA, MPS, CPU), "cpu", "cuda", "cuda:1", "mps".
     cache_bytes: bound of the embedding cache (0 disables it).
     decoder_batch: most prompts per decoder call (halved on out-of-memory); default 4 on the
