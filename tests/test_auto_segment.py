@@ -81,18 +81,30 @@ def test_regions_and_settings_out_of_range_are_one_line_errors(nest):
         AutoSettings(min_area_um2=50, max_area_um2=10)
 
 
-def test_duplicates_in_a_run_are_judged_by_the_smaller_object_stored_ones_by_iou():
+def test_duplicates_are_judged_by_the_smaller_object():
     accepted = Accepted(0.5)
-    accepted.add(box(0, 0, 10, 10))  # this run's
+    accepted.add(box(0, 0, 10, 10), object_id=7)
     assert accepted.duplicates(box(2, 2, 8, 8))  # inside a kept object
+    assert accepted.found == {7}
     assert accepted.duplicates(box(4, 0, 14, 10))  # 60 % shared
     assert not accepted.duplicates(box(6, 0, 16, 10))  # 40 % shared
     assert not accepted.duplicates(box(20, 20, 30, 30))
-    accepted.add(box(100, 100, 400, 400), object_id=3)  # a stored region around nuclei
-    accepted.add(box(500, 500, 600, 600), object_id=7)  # a big stored object
-    assert not accepted.duplicates(box(200, 200, 210, 210))
-    assert accepted.duplicates(box(500, 500, 600, 590))  # the same object again
-    assert accepted.found == {7}
+
+
+def test_stored_regions_larger_than_a_run_can_make_swallow_nothing(nest, tmp_path):
+    from napari_wsi_sam.annotations.store_files import open_store
+    from napari_wsi_sam.pipeline.auto_segment import largest_object_px, stored_in_region
+
+    with open_slide(nest, mpp=0.5) as slide, open_store(slide, folder=tmp_path) as store:
+        tissue = store.add(box(0, 0, 1400, 1400), class_name="tissue")
+        nucleus = store.add(box(500, 500, 520, 516), class_name="nucleus")
+        largest = largest_object_px(slide, settings=AutoSettings(), hr_mpp=0.25)
+        assert largest == pytest.approx(0.1 * 256 ** 2 / 0.25)
+        accepted = stored_in_region(store, box(400, 400, 700, 700), overlap=0.5,
+                                    largest=largest)
+    assert accepted.ids == [nucleus] and tissue not in accepted.ids
+    assert accepted.duplicates(box(502, 502, 518, 514)) and accepted.found == {nucleus}
+    assert not accepted.duplicates(box(600, 600, 620, 620))
 
 
 def test_instance_scores_count_matches_above_iou_one_half():

@@ -43,8 +43,8 @@ from .segment import crop_pair, embedding_key, mask_to_level0
 
 logger = logging.getLogger(__name__)
 
-STORED_IOU = 0.5
-"""IoU above which a mask is an object already in the store (a rerun's, or one made by hand)."""
+DEFAULT_MAX_AREA_OF_CROP = 0.1
+"""Largest object without --max-area, as a share of the HR crop's area."""
 
 
 @dataclass(frozen=True)
@@ -247,7 +247,8 @@ def select_masks(candidates: Candidates, *, settings: AutoSettings
         return []
     min_px = settings.min_area_um2 / px_um2
     max_um2 = settings.max_area_um2
-    max_px = (CROP_SIZE ** 2 / 10) if max_um2 is None else max_um2 / px_um2
+    max_px = (DEFAULT_MAX_AREA_OF_CROP * CROP_SIZE ** 2 if max_um2 is None
+              else max_um2 / px_um2)
     inner = _inner_sides(crops)
     masks: list[np.ndarray] = []
     kept: list[int] = []
@@ -305,10 +306,8 @@ class Accepted:
         self.ids.append(object_id)
 
     def duplicates(self, geometry: Areal) -> bool:
-        """Whether `geometry` is an object already kept: one of this run covering more than
-        ``overlap`` of the smaller of the two, or a stored one it matches at IoU above
-        ``STORED_IOU`` (a region or tissue object around the candidate is not a match; a
-        stored one matched is recorded as found)."""
+        """Whether `geometry` is an object already kept: an earlier one covers more than
+        ``overlap`` of the smaller of the two (a stored one is then recorded as found)."""
         if not self.bounds:
             return False
         b = np.asarray(self.bounds)
@@ -318,12 +317,10 @@ class Accepted:
         for i in near:
             other = self.geometries[i]
             shared = shapely.intersection(geometry, other).area
-            stored = self.ids[i]
-            if stored is None:
-                if shared > self.overlap * min(area, other.area):
-                    return True
-            elif shared > STORED_IOU * (area + other.area - shared):
-                self.found.add(stored)
+            if shared > self.overlap * min(area, other.area):
+                stored = self.ids[i]
+                if stored is not None:
+                    self.found.add(stored)
                 return True
         return False
 
@@ -352,15 +349,27 @@ def crop_objects(slide: Slide, candidates: Candidates, *, settings: AutoSettings
     return out
 
 
-def stored_in_region(store: ObjectStore, region: Areal, *, overlap: float) -> Accepted:
-    """The store's live objects near the region, so a rerun (or an object made by hand) is
-    found again instead of repeated."""
+def stored_in_region(store: ObjectStore, region: Areal, *, overlap: float, largest: float
+                     ) -> Accepted:
+    """The store's live objects near the region that a run could have made (at most
+    `largest` level-0 px²), so a rerun, or an object drawn by hand, is found again instead of
+    repeated, with the same rule a run applies to its own objects. Larger objects (the
+    region's own outline, tissue) are no duplicates of anything a run finds."""
     accepted = Accepted(overlap)
     x0, y0, x1, y1 = region.bounds
     window = (int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1)))
     for obj in store.query(window):
-        accepted.add(obj.geometry, obj.id)
+        if obj.area <= largest:
+            accepted.add(obj.geometry, obj.id)
     return accepted
+
+
+def largest_object_px(slide: Slide, *, settings: AutoSettings, hr_mpp: float) -> float:
+    """The largest object a run keeps, in level-0 px² (`AutoSettings.max_area_um2`)."""
+    mpp_x, mpp_y = slide.require_mpp()
+    um2 = (settings.max_area_um2 if settings.max_area_um2 is not None
+           else DEFAULT_MAX_AREA_OF_CROP * (CROP_SIZE * hr_mpp) ** 2)
+    return um2 / (mpp_x * mpp_y)
 
 
 def segment_all(
@@ -391,7 +400,9 @@ def segment_all(
     if not plan:
         raise PromptError("the region is smaller than the point grid; draw a larger region "
                           "or raise the points per side")
-    accepted = stored_in_region(store, area, overlap=settings.duplicate_overlap)
+    accepted = stored_in_region(store, area, overlap=settings.duplicate_overlap,
+                                largest=largest_object_px(slide, settings=settings,
+                                                          hr_mpp=hr_mpp))
     logger.info("segment all: %d points in %d crops, %d objects there already",
                 sum(len(p.points) for p in plan), len(plan), len(accepted.geometries))
     started = time.perf_counter()
