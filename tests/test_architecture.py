@@ -22,6 +22,7 @@ RULES = [
     ("napari_wsi_sam.train.datasets", ["torch", "napari"]),
     ("napari_wsi_sam.evaluation.runner", ["napari", "qtpy"]),
     ("napari_wsi_sam.evaluation.report", ["torch", "napari"]),
+    ("napari_wsi_sam.evaluation.instances", ["torch", "napari"]),
     ("napari_wsi_sam.model.registry", ["torch", "napari", "qtpy"]),
     ("napari_wsi_sam.model", ["torch"]),
     ("napari_wsi_sam.cli", ["torch", "napari", "qtpy"]),

@@ -13,6 +13,7 @@ from shapely.geometry import box, shape
 from napari_wsi_sam.annotations import ObjectStore
 from napari_wsi_sam.model import registry
 from napari_wsi_sam.pipeline import items_from_store
+from napari_wsi_sam.pipeline.auto_segment import AutoSettings
 from napari_wsi_sam.session import (
     AnnotationSession,
     BatchRequest,
@@ -127,7 +128,9 @@ def test_segment_all_stores_a_region_once_and_one_undo_removes_the_run(session):
     session.set_hr_mpp(0.25, follow_default=False)  # SAM at 40x: nuclei
     session.current_class = "nucleus"  # not stored yet: the run stores it first
     region = box(1090, 760, 1170, 840)  # 40 µm of epidermis: one crop pair, 25 points
-    outcomes = session.run_now(SegmentAllRequest(region))
+    sparse = AutoSettings(points_per_side=32, min_score=0.8, min_stability=0.8,
+                          duplicate_overlap=0.7)  # a quarter of the default's points
+    outcomes = session.run_now(SegmentAllRequest(region, sparse))
     assert [o.error for o in outcomes] == [False, False], [o.message for o in outcomes]
     assert [o.progress for o in outcomes] == [(1, 1), (1, 1)]
     assert outcomes[0].touched == ("nucleus",)
@@ -139,7 +142,7 @@ def test_segment_all_stores_a_region_once_and_one_undo_removes_the_run(session):
         assert obj.prompt["hr_mpp"] == 0.25 and region.buffer(1).covers(obj.geometry)
     assert session.store.classes()["nucleus"] == session.classes.color("nucleus")
     # A rerun repeats nothing: it finds the run's objects again.
-    again = session.run_now(SegmentAllRequest(region))
+    again = session.run_now(SegmentAllRequest(region, sparse))
     assert session.store.ids() == ids
     assert f"no new objects in the region ({len(ids)} were there already)" in again[-1].message
     only(session.run_now(UndoRequest()))  # the whole run in one step

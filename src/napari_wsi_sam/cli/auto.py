@@ -21,7 +21,8 @@ def add_auto_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--region", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
                        help="with --auto: the region to segment, level-0 pixels")
     group.add_argument("--points-per-side", type=argtypes.count(1, 256, "points per side"),
-                       default=None, help="grid points per HR crop side (default 32)")
+                       default=None,
+                       help="grid points per HR crop side (default 64; 32 is 4x faster)")
     group.add_argument("--min-score", type=argtypes.number_in(0, 1, "the minimum score"),
                        default=None, help="minimum model score of a mask, 0..1 (SAM: predicted "
                                           "IoU; WSI-SAM: stability)")

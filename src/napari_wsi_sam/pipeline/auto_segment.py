@@ -51,7 +51,8 @@ DEFAULT_MAX_AREA_OF_CROP = 0.1
 class AutoSettings:
     """How Segment all prompts and filters (defaults chosen on hgsc_nest: docs/results.md).
 
-    points_per_side: grid points per HR crop side (32: one every 32 HR px).
+    points_per_side: grid points per HR crop side (64: one every 16 HR px, 4 µm at 40x;
+        32 runs 4x faster: docs/segment_all.md).
     min_score: the model's own score of a mask (SAM: predicted IoU; WSI-SAM: the stability
         of its logits, as it has no IoU estimate of its own).
     min_stability: stability score (IoU of the mask at logit thresholds ±1).
@@ -66,11 +67,11 @@ class AutoSettings:
     decoder_batch: points per decoder call.
     """
 
-    points_per_side: int = 32
-    min_score: float = 0.8
-    min_stability: float = 0.8
+    points_per_side: int = 64
+    min_score: float = 0.9
+    min_stability: float = 0.9
     box_nms: float = 0.7
-    duplicate_overlap: float = 0.7
+    duplicate_overlap: float = 0.3
     min_area_um2: float = 6.0
     max_area_um2: float | None = None
     edge_px: int = 8
