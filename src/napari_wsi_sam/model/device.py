@@ -90,11 +90,7 @@ def encoder_dtype(device: torch.device, precision: str = "auto") -> torch.dtype 
 @contextlib.contextmanager
 def encoder_precision(device: torch.device, precision: str = "auto") -> Iterator[None]:
     """Autocast the encoder to `encoder_dtype(device, precision)`; float32 when it is None."""
-    dtype = encoder_dtype(device, precision)
-    if dtype is None:
-        yield
-        return
-    with torch.autocast(device_type=device.type, dtype=dtype):
+    with _autocast(device, encoder_dtype(device, precision)):
         yield
 
 
@@ -123,7 +119,13 @@ def decoder_dtype(device: torch.device, precision: str = "float32") -> torch.dty
 @contextlib.contextmanager
 def decoder_precision(device: torch.device, precision: str = "float32") -> Iterator[None]:
     """Autocast the decoder to `decoder_dtype(device, precision)`; float32 when it is None."""
-    dtype = decoder_dtype(device, precision)
+    with _autocast(device, decoder_dtype(device, precision)):
+        yield
+
+
+@contextlib.contextmanager
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    """torch's autocast to `dtype` on `device`; plain float32 when `dtype` is None."""
     if dtype is None:
         yield
         return
