@@ -35,12 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_wsi_sam.annotations import open_store
 from napari_wsi_sam.assets import fetch
 from napari_wsi_sam.model.predictor import WsiSamPredictor
 from napari_wsi_sam.pipeline import BatchItem, group_by_crop, refine_batch, segment_prompt
 from napari_wsi_sam.prompts import Prompt
 from napari_wsi_sam.slide import Slide, open_slide
+from napari_wsi_sam.store import open_store
 
 NAMED = [(1185, 1980, 1345, 2185), (1165, 1605, 1295, 1690), (1000, 2475, 1065, 2565),
          (1690, 2535, 1790, 2650), (1595, 2665, 1685, 2840)]

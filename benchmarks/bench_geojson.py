@@ -36,14 +36,9 @@ from scipy import ndimage
 from shapely.geometry import Polygon
 from skimage.measure import find_contours
 
-from napari_wsi_sam.annotations import (
-    AnnotationObject,
-    geometry_to_mask,
-    mask_to_geometry,
-    read_geojson,
-    write_geojson,
-)
 from napari_wsi_sam.assets import fetch
+from napari_wsi_sam.formats import AnnotationObject, read_geojson, write_geojson
+from napari_wsi_sam.polygons import geometry_to_mask, mask_to_geometry
 
 Item = tuple[np.ndarray, tuple[int, int, int, int]]
 TILE = 1500

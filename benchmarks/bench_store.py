@@ -67,10 +67,10 @@ import psutil
 import shapely
 from shapely.geometry import Point
 
-from napari_wsi_sam.annotations.object_store import NewObject, ObjectStore
-from napari_wsi_sam.annotations.polygons import mask_to_geometry
-from napari_wsi_sam.annotations.rendering import ObjectRasters
-from napari_wsi_sam.pipeline.objects import export_geojson
+from napari_wsi_sam.pipeline.objects import export_objects
+from napari_wsi_sam.polygons import mask_to_geometry
+from napari_wsi_sam.store.object_store import NewObject, ObjectStore
+from napari_wsi_sam.store.rendering import ObjectRasters
 
 SIDE = 100_000
 DOWNSAMPLES = [1.0, 4.0, 16.0, 64.0]
@@ -338,7 +338,7 @@ class NewBench:
             with PeakRss() as rss:
                 written = [0]
                 out["export s"] = timed(lambda: written.__setitem__(
-                    0, export_geojson(s, export_path, mpp=MPP)))
+                    0, export_objects(s, export_path, mpp=MPP)))
             out["export MB"] = export_path.stat().st_size / 2**20
             out["export RSS MB"] = rss.peak
             out["exported"] = written[0]
@@ -367,7 +367,7 @@ class NewBench:
 
 # ------------------------------------------------------------------------------ old store
 def load_baseline(root: Path) -> Any | None:
-    """(LabelStore, export_geojson, mask_to_geometry) of release 0.1, or None (one line)."""
+    """(LabelStore, export_objects, mask_to_geometry) of release 0.1, or None (one line)."""
     target = root / "v01"
     target.mkdir()
     if shutil.which("git") is None:

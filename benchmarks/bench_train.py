@@ -101,7 +101,7 @@ def first_head(image, n: int, tmp: Path, device: str, mobile) -> tuple[float, st
     from PIL import Image
 
     from napari_wsi_sam.paths import HOME_ENV
-    from napari_wsi_sam.pipeline.objects import import_geojson
+    from napari_wsi_sam.pipeline.objects import import_objects
     from napari_wsi_sam.session import AnnotationSession
     from napari_wsi_sam.session.training import train_head
 
@@ -112,14 +112,14 @@ def first_head(image, n: int, tmp: Path, device: str, mobile) -> tuple[float, st
     slide = tmp / "nest.tif"
     tifffile.imwrite(slide, np.asarray(Image.open(image.image).convert("RGB")),
                      resolution=(2e4, 2e4), resolutionunit="CENTIMETER", tile=(256, 256))
-    from napari_wsi_sam.annotations import AnnotationObject, write_geojson
+    from napari_wsi_sam.formats import AnnotationObject, write_geojson
 
     order = np.random.default_rng(0).permutation(len(image.objects))[:n]
     geojson = tmp / "nuclei.geojson"
     write_geojson([AnnotationObject(id=int(i) + 1, geometry=image.objects[i].geometry,
                                     class_name="nucleus") for i in order], geojson)
     session = AnnotationSession.open(slide, device=device)
-    import_geojson(session.store, geojson)
+    import_objects(session.store, geojson)
     session.hr_mpp = 0.25
     started = time.perf_counter()
     trained = train_head(session, ["nucleus"])

@@ -18,10 +18,10 @@ from skimage.segmentation import find_boundaries
 from napari_wsi_sam.evaluation.runner import _truths, dice
 from napari_wsi_sam.model.predictor import WsiSamPredictor
 from napari_wsi_sam.model.registry import shipped_heads
-from napari_wsi_sam.pipeline.crop_grid import snapped_center
 from napari_wsi_sam.pipeline.segment import crop_pair, embedding_key
 from napari_wsi_sam.prompts import Prompt
 from napari_wsi_sam.slide import open_slide
+from napari_wsi_sam.slide.crop_grid import snapped_center
 from napari_wsi_sam.train.datasets import load_data
 from napari_wsi_sam.train.prompt_noise import noisy_box
 

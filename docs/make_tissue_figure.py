@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from napari_wsi_sam.assets import fetch
-from napari_wsi_sam.pipeline.crop_grid import grid_nodes, grid_step
 from napari_wsi_sam.slide import open_slide
+from napari_wsi_sam.slide.crop_grid import grid_nodes, grid_step
 from napari_wsi_sam.slide.tissue import tissue_mask
 
 

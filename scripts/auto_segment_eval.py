@@ -34,7 +34,6 @@ import numpy as np
 import shapely
 import torch
 
-from napari_wsi_sam.annotations.polygons import mask_to_geometry, polygonal
 from napari_wsi_sam.evaluation.instances import cut_to, match_instances
 from napari_wsi_sam.pipeline.auto_segment import (
     Accepted,
@@ -46,6 +45,7 @@ from napari_wsi_sam.pipeline.auto_segment import (
     plan_crops,
 )
 from napari_wsi_sam.pipeline.segment import mask_to_level0
+from napari_wsi_sam.polygons import mask_to_geometry, polygonal
 from napari_wsi_sam.prompts import Prompt
 from napari_wsi_sam.slide import concentric_crops, open_slide
 from napari_wsi_sam.train.datasets import load_data
@@ -245,7 +245,7 @@ def tune() -> dict:
 def cli_run(image: Path, region, model: str, settings: AutoSettings, work: Path
             ) -> tuple[list, float]:
     """`segment --auto` on a fresh store: the objects found and the wall time."""
-    from napari_wsi_sam.annotations import read_geojson
+    from napari_wsi_sam.formats import read_geojson
 
     out = work / f"{model}_{region[0]}_{region[1]}.geojson"
     store = work / f"store_{model}_{region[0]}_{region[1]}"

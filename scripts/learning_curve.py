@@ -34,7 +34,7 @@ def run(*args: str) -> None:
 
 def make_store(image: Path, objects: list, folder: Path) -> Path:
     """A copy of the image whose object store holds `objects` (imported like a user's)."""
-    from napari_wsi_sam.annotations import write_geojson
+    from napari_wsi_sam.formats import write_geojson
 
     folder.mkdir(parents=True, exist_ok=True)
     copy = folder / image.name

@@ -15,10 +15,10 @@ import shapely
 import tifffile
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from napari_wsi_sam.annotations import (
+from napari_wsi_sam.errors import AnnotationError
+from napari_wsi_sam.formats import (
     HISTOLYTICS_NUCLEI_CLASSES,
     AnnotationObject,
-    geometry_to_mask,
     instance_mask_objects,
     read_asap_xml,
     read_coco,
@@ -27,8 +27,8 @@ from napari_wsi_sam.annotations import (
     write_asap_xml,
     write_coco,
 )
-from napari_wsi_sam.annotations.coco import decode_rle_string
-from napari_wsi_sam.errors import AnnotationError
+from napari_wsi_sam.formats.coco import decode_rle_string
+from napari_wsi_sam.polygons import geometry_to_mask
 
 STROMAL_CLASSES = {"connective": 387, "inflammatory": 31, "neoplastic": 5}
 

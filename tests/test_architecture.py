@@ -13,7 +13,9 @@ RULES = [
     ("napari_wsi_sam.slide", ["torch", "napari", "qtpy", "openslide"]),  # loaded on use
     ("napari_wsi_sam.model", ["napari", "qtpy", "tifffile", "zarr"]),
     ("napari_wsi_sam.assets", ["torch", "napari"]),
-    ("napari_wsi_sam.annotations", ["torch", "napari", "qtpy"]),
+    ("napari_wsi_sam.store", ["torch", "napari", "qtpy"]),
+    ("napari_wsi_sam.formats", ["torch", "napari", "qtpy"]),
+    ("napari_wsi_sam.polygons", ["torch", "napari", "qtpy"]),
     ("napari_wsi_sam.pipeline", ["napari", "qtpy"]),
     ("napari_wsi_sam.prompts", ["torch", "napari", "tifffile"]),
     ("napari_wsi_sam.train.trainer", ["napari", "qtpy"]),
@@ -32,7 +34,7 @@ RULES = [
     ("napari_wsi_sam.cohort.batch", ["napari", "qtpy", "magicgui"]),
     ("napari_wsi_sam.cohort.manifest", ["torch", "napari", "distributed"]),
     ("napari_wsi_sam.slide.tissue", ["torch", "napari"]),
-    ("napari_wsi_sam.annotations.object_store", ["torch", "napari", "qtpy"]),
+    ("napari_wsi_sam.store.object_store", ["torch", "napari", "qtpy"]),
 ]
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "napari_wsi_sam"
 UI_ONLY = ("napari", "qtpy", "magicgui", "vispy", "superqt")
@@ -137,3 +139,31 @@ def test_module_does_not_import(module, forbidden):
             f"print(','.join(m for m in {forbidden!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"{module} imports {out.stdout.strip()}"
+
+
+def test_train_never_imports_evaluation():
+    """The held-out proof of a user's head sits above both (`session.own_head`)."""
+    graph = module_imports()
+    offenders = {m: sorted(t for t in targets if t.startswith("napari_wsi_sam.evaluation"))
+                 for m, targets in graph.items() if m.startswith("napari_wsi_sam.train")}
+    assert {m: t for m, t in offenders.items() if t} == {}
+
+
+def test_objects_live_in_store_and_formats_not_annotations():
+    assert not (PACKAGE / "annotations").exists()
+    assert (PACKAGE / "store" / "object_store.py").is_file()
+    assert (PACKAGE / "formats" / "registry.py").is_file()
+    graph = module_imports()
+    # the store never reaches for a file format; formats may read the store (label export)
+    store_to_formats = {m: sorted(t for t in ts if t.startswith("napari_wsi_sam.formats"))
+                        for m, ts in graph.items() if m.startswith("napari_wsi_sam.store")}
+    assert {m: t for m, t in store_to_formats.items() if t} == {}
+
+
+def test_every_format_module_is_in_the_registry():
+    from napari_wsi_sam.formats.registry import FORMATS
+
+    helpers = {"__init__", "file_io", "format", "records", "registry", "ome_zarr_labels"}
+    modules = {p.stem for p in (PACKAGE / "formats").glob("*.py")} - helpers
+    registered = {f.read.__module__ if f.read else f.write.__module__ for f in FORMATS}
+    assert {f"napari_wsi_sam.formats.{m}" for m in modules} == registered

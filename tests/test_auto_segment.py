@@ -11,7 +11,6 @@ import pytest
 import shapely
 from shapely.geometry import box
 
-from napari_wsi_sam.annotations import ObjectStore
 from napari_wsi_sam.cli import main
 from napari_wsi_sam.errors import PromptError
 from napari_wsi_sam.evaluation.instances import cut_to, match_instances
@@ -24,6 +23,7 @@ from napari_wsi_sam.pipeline.auto_segment import (
     region_points,
 )
 from napari_wsi_sam.slide import open_slide
+from napari_wsi_sam.store import ObjectStore
 
 NEST_MPP = "0.5"
 REGION = (300, 900, 396, 996)
@@ -92,8 +92,8 @@ def test_duplicates_are_judged_by_the_smaller_object():
 
 
 def test_stored_regions_larger_than_a_run_can_make_swallow_nothing(nest, tmp_path):
-    from napari_wsi_sam.annotations.store_files import open_store
     from napari_wsi_sam.pipeline.auto_segment import largest_object_px, stored_in_region
+    from napari_wsi_sam.store.files import open_store
 
     with open_slide(nest, mpp=0.5) as slide, open_store(slide, folder=tmp_path) as store:
         tissue = store.add(box(0, 0, 1400, 1400), class_name="tissue")

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import shapely
 
-from napari_wsi_sam.annotations import ObjectStore, geometry_to_mask, open_store, read_geojson
-from napari_wsi_sam.annotations.colors import as_rgb
 from napari_wsi_sam.cli.demo import SAMPLE_BOX
+from napari_wsi_sam.formats import read_geojson
 from napari_wsi_sam.model.predictor import WsiSamPredictor
 from napari_wsi_sam.pipeline import (
     BatchItem,
     Provenance,
-    export_geojson,
+    export_objects,
     group_by_crop,
     items_from_geojson,
     refine_batch,
@@ -23,8 +22,11 @@ from napari_wsi_sam.pipeline import (
     store_segmented,
     store_to_objects,
 )
+from napari_wsi_sam.polygons import geometry_to_mask
 from napari_wsi_sam.prompts import Prompt
 from napari_wsi_sam.slide import open_slide
+from napari_wsi_sam.store import ObjectStore, open_store
+from napari_wsi_sam.store.colors import as_rgb
 
 pytestmark = pytest.mark.slow  # the real model on CPU
 
@@ -92,7 +94,7 @@ def test_one_box_goes_into_the_store_and_geojson_with_class_and_area(slide, pred
     mask, window = object_mask(store, object_id)
     assert window == obj.window and np.array_equal(mask, obj.mask)
     out = tmp_path / "one.geojson"
-    assert export_geojson(store, out, mpp=slide.mpp) == 1
+    assert export_objects(store, out, mpp=slide.mpp) == 1
     feature = json.loads(out.read_text())["features"][0]
     props = feature["properties"]
     assert props["classification"] == {"name": "follicle", "color": [255, 128, 0]}
@@ -186,7 +188,7 @@ def test_an_off_slide_item_reports_an_error_and_the_rest_proceed(slide, predicto
 def test_geojson_export_import_rasterise_matches_the_store(batch_store, tmp_path):
     store = batch_store[0]
     out = tmp_path / "all.geojson"
-    assert export_geojson(store, out, mpp=store.mpp) == 5
+    assert export_objects(store, out, mpp=store.mpp) == 5
     result = read_geojson(out)
     assert result.skipped == [] and len(result.objects) == 5
     for obj in result.objects:

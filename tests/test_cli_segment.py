@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from napari_wsi_sam.annotations import ObjectStore
 from napari_wsi_sam.cli import main
 from napari_wsi_sam.cli.demo import SAMPLE_BOX
+from napari_wsi_sam.store import ObjectStore
 
 pytestmark = pytest.mark.slow  # the real model on CPU
 

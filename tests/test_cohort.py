@@ -20,11 +20,11 @@ import psutil
 import pytest
 from shapely.geometry import shape
 
-from napari_wsi_sam.annotations import ObjectStore
-from napari_wsi_sam.annotations.store_files import default_folder
 from napari_wsi_sam.cli import main
 from napari_wsi_sam.cohort.manifest import read_manifest
 from napari_wsi_sam.errors import UsageError
+from napari_wsi_sam.store import ObjectStore
+from napari_wsi_sam.store.files import default_folder
 from slide_factory import make_pyramid
 
 CLI = str(Path(sys.executable).with_name("napari-wsi-sam"))

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_wsi_sam.annotations import write_asap_xml, write_geojson
 from napari_wsi_sam.cli import main
 from napari_wsi_sam.errors import AnnotationError, SlideError, UsageError, WeightsError
 from napari_wsi_sam.evaluation.runner import (
@@ -19,6 +18,7 @@ from napari_wsi_sam.evaluation.runner import (
     parse_model,
     parse_prompt,
 )
+from napari_wsi_sam.formats import write_asap_xml, write_geojson
 from napari_wsi_sam.model.decoder_checkpoint import save_sam_decoder
 from napari_wsi_sam.model.head_checkpoint import save_head
 from napari_wsi_sam.model.sam import load_sam

@@ -14,16 +14,14 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from shapely.geometry import MultiPolygon, Polygon
 
-from napari_wsi_sam.annotations import (
+from napari_wsi_sam.errors import AnnotationError, WsiSamError
+from napari_wsi_sam.formats import (
     AnnotationObject,
-    geometry_to_mask,
-    labels_to_geometries,
-    mask_to_geometry,
     objects_to_feature_collection,
     read_geojson,
     write_geojson,
 )
-from napari_wsi_sam.errors import AnnotationError, WsiSamError
+from napari_wsi_sam.polygons import geometry_to_mask, labels_to_geometries, mask_to_geometry
 
 ORIGIN = (40_000, 25_000)   # put the real tile somewhere inside a large virtual slide
 
@@ -314,7 +312,7 @@ def test_missing_file_is_an_annotation_error(tmp_path):
 
 
 def test_annotations_import_neither_torch_nor_napari():
-    code = ("import sys, napari_wsi_sam.annotations.geojson; "
+    code = ("import sys, napari_wsi_sam.formats.geojson; "
             "print(','.join(m for m in ('torch', 'napari', 'qtpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)

@@ -20,7 +20,6 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from napari_wsi_sam.annotations import ObjectStore
 from napari_wsi_sam.cli import main
 from napari_wsi_sam.errors import SlideError
 from napari_wsi_sam.session import (
@@ -33,6 +32,7 @@ from napari_wsi_sam.session import (
     UndoRequest,
 )
 from napari_wsi_sam.slide import open_slide
+from napari_wsi_sam.store import ObjectStore
 
 
 def fuzz(examples: int) -> settings:
@@ -426,7 +426,7 @@ def test_a_full_disk_at_export_keeps_the_objects_and_says_where(sample_slide, tm
     import errno
     import os
 
-    from napari_wsi_sam.annotations import file_io
+    from napari_wsi_sam.formats import file_io
 
     real_replace = os.replace
 

@@ -14,14 +14,15 @@ import pytest
 from shapely.geometry import Polygon
 from shapely.geometry import box as shapely_box
 
-from napari_wsi_sam.annotations import AnnotationObject, ObjectStore, read_geojson, write_geojson
+from napari_wsi_sam.formats import AnnotationObject, read_geojson, write_geojson
 from napari_wsi_sam.model import registry
 from napari_wsi_sam.model.build import build_predictor
 from napari_wsi_sam.model.head_checkpoint import save_head
 from napari_wsi_sam.model.wsi_sam import WsiSamHead
-from napari_wsi_sam.pipeline import CropPairCache, segment_prompt
+from napari_wsi_sam.pipeline import segment_prompt
 from napari_wsi_sam.prompts import Prompt
-from napari_wsi_sam.slide import open_slide
+from napari_wsi_sam.slide import CropPairCache, open_slide
+from napari_wsi_sam.store import ObjectStore
 from napari_wsi_sam.ui.coords import box_to_world_corners, slide_to_world
 from napari_wsi_sam.ui.layers import (
     FAILED_COLOR,
@@ -176,7 +177,7 @@ def test_prompts_drawn_while_busy_are_queued_and_failures_marked(make_napari_vie
     assert widget.session.store.count() == 2  # none dropped; the off-slide one failed
     prompts = viewer.layers[PROMPTS_LAYER]
     colors = np.asarray(prompts.edge_color)
-    from napari_wsi_sam.annotations.colors import as_rgba
+    from napari_wsi_sam.store.colors import as_rgba
 
     failed = [i for i, c in enumerate(colors) if np.allclose(c, as_rgba(FAILED_COLOR))]
     assert failed == [1]
@@ -290,7 +291,7 @@ def test_import_keeps_holes_and_objects_refine_in_place(make_napari_viewer, qtbo
                                     color=(152, 78, 163)),
                    AnnotationObject(id=2, geometry=shapely_box(*STRUCTURES[3]),
                                     class_name="DCIS")], path)
-    widget.import_geojson(path)
+    widget.import_objects(path)
     wait_idle(widget, qtbot)
     store = widget.session.store
     assert store.count() == 2 and store.get(1).geometry.equals(ring)
@@ -301,7 +302,7 @@ def test_import_keeps_holes_and_objects_refine_in_place(make_napari_viewer, qtbo
     wait_idle(widget, qtbot)
     assert store.count() == 2 and {store.get(i).version for i in (1, 2)} == {2}
     # Export: every object, the way QuPath reads it.
-    out = widget.export_geojson(tmp_path / "out.geojson")
+    out = widget.export_objects(tmp_path / "out.geojson")
     assert {o.class_name for o in read_geojson(out).objects} == {"DCIS"}
     assert len(read_geojson(out).objects) == 2
 
@@ -437,7 +438,7 @@ def test_train_a_head_from_the_objects_while_annotating(make_napari_viewer, qtbo
     write_geojson([AnnotationObject(id=int(i) + 1, geometry=nest.objects[i].geometry,
                                     class_name="nucleus") for i in order], nuclei)
     viewer, widget = open_annotator(make_napari_viewer, slide)
-    widget.import_geojson(nuclei)
+    widget.import_objects(nuclei)
     wait_idle(widget, qtbot)
     assert widget.session.store.count() == 40
     widget.magnification.value = 0.25

@@ -13,21 +13,16 @@ import numpy as np
 import pytest
 from shapely.geometry import Point, box
 
-from napari_wsi_sam.annotations import (
-    ObjectRasters,
-    ObjectStore,
-    geometry_to_mask,
-    mask_to_geometry,
-    open_store,
-    read_geojson,
-)
-from napari_wsi_sam.annotations.store_files import cache_folder, default_folder
-from napari_wsi_sam.annotations.store_migration import BACKUP_DIR
-from napari_wsi_sam.annotations.store_schema import JOURNAL_ENV, journal_mode_for
 from napari_wsi_sam.errors import StoreError
+from napari_wsi_sam.formats import read_geojson
 from napari_wsi_sam.paths import HOME_ENV
-from napari_wsi_sam.pipeline import export_geojson
+from napari_wsi_sam.pipeline import export_objects
+from napari_wsi_sam.polygons import geometry_to_mask, mask_to_geometry
 from napari_wsi_sam.slide import open_slide
+from napari_wsi_sam.store import ObjectRasters, ObjectStore, open_store
+from napari_wsi_sam.store.files import cache_folder, default_folder
+from napari_wsi_sam.store.migration import BACKUP_DIR
+from napari_wsi_sam.store.schema import JOURNAL_ENV, journal_mode_for
 
 DIMS = (20_000, 15_000)
 LEGACY = os.path.join(os.path.dirname(__file__), "data", "legacy-0.1-store")
@@ -57,7 +52,7 @@ def test_overlapping_and_nested_objects_all_stay(store, tmp_path):
               for i in range(5)]
     second = store.add(box(2500, 2000, 4000, 3500), class_name="tumour")
     out = tmp_path / "all.geojson"
-    assert export_geojson(store, out) == 7
+    assert export_objects(store, out) == 7
     objects = {o.id: o for o in read_geojson(out).objects}
     assert len(objects) == 7
     assert objects[first].geometry.area == region.area == store.get(first).area
@@ -173,7 +168,7 @@ def test_storage_grows_linearly_with_edits(store):
 
 
 def _new(geometry):
-    from napari_wsi_sam.annotations import NewObject
+    from napari_wsi_sam.store import NewObject
 
     return NewObject(geometry, "nucleus", model="sam")
 
@@ -225,7 +220,7 @@ def test_a_damaged_store_gives_one_line_and_is_left_alone(store):
 READ_ONLY_CHILD = """
 import json, sys
 from shapely.geometry import box
-from napari_wsi_sam.annotations import ObjectStore
+from napari_wsi_sam.store import ObjectStore
 from napari_wsi_sam.errors import StoreError
 store = ObjectStore.open(sys.argv[1])
 out = {"read_only": store.read_only, "count": store.count(), "class": store.get(1).class_name}
@@ -380,7 +375,7 @@ def nearest(store, name, shape, d):
     ys = np.minimum(np.floor((np.arange(hk) + 0.5) * d), h - 1) + 0.5
     out = np.zeros((hk, wk), np.uint32)
     for obj in sorted(store.query((0, 0, w, h), classes=[name]), key=lambda o: o.edited):
-        from napari_wsi_sam.annotations import rasterize
+        from napari_wsi_sam.polygons import rasterize
 
         out[rasterize(obj.geometry, xs, ys)] = obj.id
     return out
@@ -442,7 +437,7 @@ def test_rasters_pick_up_changes_made_elsewhere(small_store):
 
 
 def test_paint_matches_the_rasteriser_for_small_and_large_objects():
-    from napari_wsi_sam.annotations.rendering import paint
+    from napari_wsi_sam.store.rendering import paint
 
     geoms = [disc(50, 50, 3), box(0, 0, 200, 120), disc(60, 40, 30)]
     ids = np.array([5, 6, 7])
@@ -458,8 +453,8 @@ def test_paint_matches_the_rasteriser_for_small_and_large_objects():
 
 
 def test_the_objects_command(sample_slide, tmp_path, capsys):
-    from napari_wsi_sam.annotations import AnnotationObject, write_geojson
     from napari_wsi_sam.cli import main
+    from napari_wsi_sam.formats import AnnotationObject, write_geojson
 
     ring = box(100, 100, 400, 400).difference(box(200, 200, 300, 300))
     source = tmp_path / "qupath.geojson"

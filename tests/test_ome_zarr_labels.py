@@ -10,12 +10,12 @@ import pytest
 import zarr
 from shapely.geometry import Point, box
 
-from napari_wsi_sam.annotations.ome_zarr_labels import export_ome_zarr_labels
-from napari_wsi_sam.annotations.rendering import ObjectRasters
-from napari_wsi_sam.annotations.store_files import open_store
 from napari_wsi_sam.cli import main
 from napari_wsi_sam.errors import AnnotationError
+from napari_wsi_sam.formats.ome_zarr_labels import export_ome_zarr_labels
 from napari_wsi_sam.slide import open_slide
+from napari_wsi_sam.store.files import open_store
+from napari_wsi_sam.store.rendering import ObjectRasters
 
 TUMOUR = box(100, 100, 900, 700)
 STROMA = Point(1500, 2000).buffer(300)

@@ -10,20 +10,15 @@ import numpy as np
 import pytest
 from shapely.geometry import box
 
-from napari_wsi_sam.annotations import write_geojson
 from napari_wsi_sam.cli import main
 from napari_wsi_sam.errors import AnnotationError, TrainingCancelled, TrainingError
+from napari_wsi_sam.formats import write_geojson
 from napari_wsi_sam.model import registry
 from napari_wsi_sam.model.head_checkpoint import load_head
 from napari_wsi_sam.paths import HOME_ENV
+from napari_wsi_sam.session.own_head import train_and_measure
 from napari_wsi_sam.train.datasets import AnnotatedImage, load_data
-from napari_wsi_sam.train.own_head import (
-    GUARD,
-    MIN_HELDOUT,
-    MIN_TRAIN,
-    plan_head,
-    train_and_measure,
-)
+from napari_wsi_sam.train.heldout_split import GUARD, MIN_HELDOUT, MIN_TRAIN, plan_head
 from napari_wsi_sam.train.trainer import TrainConfig
 
 pytestmark = pytest.mark.slow  # the real model on CPU
@@ -154,8 +149,8 @@ def test_train_from_the_store_measure_against_sam_and_install(annotated_slide, t
 
 
 def registry_store(image):
-    from napari_wsi_sam.annotations import ObjectStore
-    from napari_wsi_sam.annotations.store_files import beside
+    from napari_wsi_sam.store import ObjectStore
+    from napari_wsi_sam.store.files import beside
 
     return ObjectStore.open(beside(image) / "objects.sqlite", read_only=True)
 

@@ -11,9 +11,9 @@ from napari_wsi_sam.cli import main
 from napari_wsi_sam.cli.demo import SAMPLE_BOX
 from napari_wsi_sam.errors import PromptError
 from napari_wsi_sam.model.predictor import WsiSamPredictor
-from napari_wsi_sam.pipeline import CropPairCache, segment_prompt, snapped_center
+from napari_wsi_sam.pipeline import segment_prompt
 from napari_wsi_sam.prompts import Prompt
-from napari_wsi_sam.slide import open_slide
+from napari_wsi_sam.slide import CropPairCache, open_slide, snapped_center
 
 pytestmark = pytest.mark.slow  # the real model on CPU
 

@@ -25,9 +25,9 @@ from napari_wsi_sam.model.predictor import WsiSamPredictor, stability_score
 from napari_wsi_sam.model.sam import load_sam
 from napari_wsi_sam.model.wsi_sam import WsiSamHead
 from napari_wsi_sam.paths import HOME_ENV
-from napari_wsi_sam.pipeline import CropPairCache, segment_prompt
+from napari_wsi_sam.pipeline import segment_prompt
 from napari_wsi_sam.prompts import Prompt
-from napari_wsi_sam.slide import open_slide
+from napari_wsi_sam.slide import CropPairCache, open_slide
 from napari_wsi_sam.train.datasets import AnnotatedImage, load_data
 
 pytestmark = pytest.mark.slow  # the real model on CPU

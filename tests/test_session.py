@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from shapely.geometry import box, shape
 
-from napari_wsi_sam.annotations import ObjectStore
 from napari_wsi_sam.model import registry
 from napari_wsi_sam.pipeline import items_from_store
 from napari_wsi_sam.pipeline.auto_segment import AutoSettings
@@ -25,6 +24,7 @@ from napari_wsi_sam.session import (
     SegmentAllRequest,
     UndoRequest,
 )
+from napari_wsi_sam.store import ObjectStore
 
 pytestmark = pytest.mark.slow  # the real model on CPU
 
@@ -182,7 +182,7 @@ def test_export_writes_every_live_object(session, tmp_path):
     only(session.run_now(BoxRequest(FOLLICLE)))
     session.store.add(box(10, 10, 40, 40), class_name="stroma")
     out = tmp_path / "objects.geojson"
-    assert session.export_geojson(out) == 3
+    assert session.export_objects(out) == 3
     features = json.loads(out.read_text())["features"]
     names = sorted(f["properties"]["classification"]["name"] for f in features)
     assert names == ["follicle", "stroma", "tumour"]

@@ -28,12 +28,12 @@ import numpy as np
 import pytest
 import shapely
 
-from napari_wsi_sam.annotations import file_io
-from napari_wsi_sam.annotations.object_store import NewObject, ObjectStore
-from napari_wsi_sam.annotations.polygons import mask_to_geometry
-from napari_wsi_sam.annotations.rendering import RENDER_DIR, ObjectRasters
-from napari_wsi_sam.annotations.store_schema import DB_NAME, JOURNAL_ENV
-from napari_wsi_sam.pipeline.objects import export_geojson
+from napari_wsi_sam.formats import file_io
+from napari_wsi_sam.pipeline.objects import export_objects
+from napari_wsi_sam.polygons import mask_to_geometry
+from napari_wsi_sam.store.object_store import NewObject, ObjectStore
+from napari_wsi_sam.store.rendering import RENDER_DIR, ObjectRasters
+from napari_wsi_sam.store.schema import DB_NAME, JOURNAL_ENV
 
 pytestmark = [pytest.mark.slow,  # processes killed mid-write, each a fresh interpreter
               pytest.mark.skipif(sys.platform == "win32", reason="kill -9 needs POSIX signals")]
@@ -82,8 +82,8 @@ PRELUDE = "\n".join([
     "import json, os, random, signal, sys, time",
     "from pathlib import Path",
     "import numpy as np",
-    "from napari_wsi_sam.annotations.object_store import NewObject, ObjectStore",
-    "from napari_wsi_sam.annotations.polygons import mask_to_geometry",
+    "from napari_wsi_sam.store.object_store import NewObject, ObjectStore",
+    "from napari_wsi_sam.polygons import mask_to_geometry",
     "from napari_wsi_sam.errors import StoreError",
     textwrap.dedent(inspect.getsource(nucleus)),
     textwrap.dedent(inspect.getsource(region)),
@@ -305,7 +305,7 @@ def test_kill_mid_insert_keeps_every_committed_object(journal, tmp_path, monkeyp
 
 
 BIG_BATCH_CHILD = """
-from napari_wsi_sam.annotations import store_schema
+from napari_wsi_sam.store import schema
 store = ObjectStore.open(Path(ARGS["db"]))
 store._conn.execute("PRAGMA cache_size = 50")  # 50 pages: a big transaction spills early
 pack, calls = store_schema.pack_geometry, [0]
@@ -474,7 +474,7 @@ RENDER_LAYOUT = {"shape": (RENDER_DIMS[1], RENDER_DIMS[0]), "downsamples": [1.0,
 CLASSES = ("tumor", "nucleus", "lymphocyte")
 
 RENDER_CHILD = """
-from napari_wsi_sam.annotations.rendering import ObjectRasters
+from napari_wsi_sam.store.rendering import ObjectRasters
 store = ObjectStore.open(Path(ARGS["db"]))
 rasters = ObjectRasters(store, **ARGS["layout"])
 print("drawing", flush=True)
@@ -597,7 +597,7 @@ SMALL_DIMS = (3000, 3000)
 SMALL_LAYOUT = {"shape": (3000, 3000), "downsamples": [1.0, 4.0], "chunk": 512}
 KILL_AT_POINT = """
 import zarr
-from napari_wsi_sam.annotations.rendering import ObjectRasters
+from napari_wsi_sam.store.rendering import ObjectRasters
 store = ObjectStore.open(Path(ARGS["db"]))
 rasters = ObjectRasters(store, **ARGS["layout"])
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)
@@ -628,8 +628,8 @@ def test_kill_at_named_points_of_rebuild(point, tmp_path):
 
 
 KILL_WHILE_CREATING = """
-from napari_wsi_sam.annotations import store_schema as schema
-from napari_wsi_sam.annotations.store_files import open_store
+from napari_wsi_sam.store import schema as schema
+from napari_wsi_sam.store.files import open_store
 from napari_wsi_sam.slide import open_slide
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)
 create_schema = schema.create_schema
@@ -647,8 +647,8 @@ print("not killed", flush=True)
 def test_kill_while_creating_a_store(point, sample_slide, tmp_path):
     """`open_store` killed while it creates a new store: the next `open_store` of that folder
     gives a complete store of the slide (created afresh, or the one the kill left)."""
-    from napari_wsi_sam.annotations.store_files import open_store
     from napari_wsi_sam.slide import open_slide
+    from napari_wsi_sam.store.files import open_store
 
     folder = tmp_path / "labels"
     child = Child.python(KILL_WHILE_CREATING, {"slide": str(sample_slide),
@@ -665,13 +665,13 @@ def test_kill_while_creating_a_store(point, sample_slide, tmp_path):
 
 # ----------------------------------------------------------------------------- 4. mid-export
 EXPORT_CHILD = """
-from napari_wsi_sam.pipeline.objects import export_geojson
+from napari_wsi_sam.pipeline.objects import export_objects
 store = ObjectStore.open(Path(ARGS["db"]))
 print("ready", flush=True)
 k = 0
 while True:
     k += 1
-    export_geojson(store, Path(ARGS["target"]))
+    export_objects(store, Path(ARGS["target"]))
     print(f"exported {k}", flush=True)
 """
 
@@ -728,7 +728,7 @@ def test_kill_mid_export_leaves_the_old_file_or_none_and_next_export_cleans_up(t
             break
     assert left_behind, "no kill landed while a temp file was being written"
     with ObjectStore.open(db) as store:
-        assert export_geojson(store, target) == len(ids)
+        assert export_objects(store, target) == len(ids)
     assert temp_files(target) == [], "the next export left the stale temp file"
     assert_complete_export(target, ids)
 

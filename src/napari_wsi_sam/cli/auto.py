@@ -80,12 +80,13 @@ def check_not_auto(args: argparse.Namespace) -> None:
 
 
 def segment_auto(args: argparse.Namespace, *, choice, hr_mpp: float) -> int:
-    from ..annotations.store_files import open_store
     from ..model.build import build_predictor
-    from ..pipeline import Provenance, export_geojson
+    from ..pipeline import Provenance, export_objects
     from ..pipeline.auto_segment import fit_region, segment_all
     from ..pipeline.embedding_store import attach as attach_embeddings
+    from ..pipeline.objects import image_of
     from ..slide import open_slide
+    from ..store.files import open_store
 
     settings = auto_settings(args)
     with open_slide(args.slide, mpp=args.mpp, backend=args.backend) as slide:
@@ -98,7 +99,7 @@ def segment_auto(args: argparse.Namespace, *, choice, hr_mpp: float) -> int:
             if args.color is not None:
                 store.set_class(args.class_name, tuple(args.color))
             elif args.class_name not in store.classes():
-                from ..annotations.colors import palette_color
+                from ..store.colors import palette_color
 
                 known = len(store.classes())
                 store.set_class(args.class_name, palette_color(args.class_name, known))
@@ -129,8 +130,8 @@ def segment_auto(args: argparse.Namespace, *, choice, hr_mpp: float) -> int:
                                   f"{choice.label}; lower --min-score, or check --hr-mpp "
                                   "against the objects' size")
             try:
-                written = export_geojson(store, args.out, mpp=mpp, ids=None if args.all
-                                         else every)
+                written = export_objects(store, args.out, image=image_of(slide), mpp=mpp,
+                                         ids=None if args.all else every)
             except AnnotationError as error:
                 raise AnnotationError(f"{error}; the {len(ids)} objects of this run are kept "
                                       f"in {store.path} (napari-wsi-sam objects export)"

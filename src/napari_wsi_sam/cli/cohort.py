@@ -87,11 +87,11 @@ def _bar(args: argparse.Namespace, total: int, unit: str):
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from ..annotations.file_io import check_output_path
     from ..cohort.batch import count_prompts, run_batch
     from ..cohort.executor import open_executor
     from ..cohort.manifest import read_manifest
     from ..cohort.report import summary_table, write_report
+    from ..formats.file_io import check_output_path
 
     rows = [_with_defaults(row, args) for row in read_manifest(args.manifest)]
     report_path = args.report or args.manifest.parent / "batch_report.csv"

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..annotations import AnnotationObject, mask_to_geometry, write_geojson
 from ..assets import SAMPLE_SLIDE
 from ..errors import PromptError
-from ..pipeline import CropPairCache, SegmentedObject, segment_prompt
+from ..formats import AnnotationObject, write_geojson
+from ..pipeline import SegmentedObject, segment_prompt
+from ..polygons import mask_to_geometry
 from ..prompts import Prompt
-from ..slide import open_slide
+from ..slide import CropPairCache, open_slide
 from . import args as argtypes
 from .segment import add_model_arguments, resolve_model
 from .slide import make_output_folder, slide_info, write_crops

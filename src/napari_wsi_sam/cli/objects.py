@@ -1,9 +1,10 @@
 """``napari-wsi-sam objects``: a slide's object store without napari.
 
 ``info`` says where the store is, how many objects of each class it holds and how it is kept;
-``import`` stores every outline of a GeoJSON file as an object (holes and parts kept);
-``export`` writes every live object as QuPath GeoJSON; ``check`` runs SQLite's full integrity
-check; ``purge`` removes deleted objects for good; ``rebuild`` draws the label pyramids again.
+``import`` stores every outline of an annotation file as an object (holes and parts kept);
+``export`` writes every live object to a file (QuPath GeoJSON, COCO or ASAP XML by suffix);
+``check`` runs SQLite's full integrity check; ``purge`` removes deleted objects for good;
+``rebuild`` draws the label pyramids again.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import TYPE_CHECKING
 from . import args as argtypes
 
 if TYPE_CHECKING:
-    from ..annotations import ObjectStore
-    from ..annotations.rendering import ObjectRasters
     from ..slide import Slide
+    from ..store import ObjectStore
+    from ..store.rendering import ObjectRasters
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,13 +37,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         return sub
 
     verb("info", "where the store is and what it holds").set_defaults(func=_info)
-    imp = verb("import", "store every Polygon/MultiPolygon of a GeoJSON file as an object")
-    imp.add_argument("geojson", type=Path, help="QuPath GeoJSON file")
+    imp = verb("import", "store every outline of an annotation file as an object")
+    imp.add_argument("file", type=Path, help="QuPath GeoJSON, COCO .json, ASAP .xml, "
+                                             "GeoParquet or an instance label image")
+    imp.add_argument("--format", default=None, choices=_format_names(readable=True),
+                     help="the file's format, when its suffix does not tell")
     imp.add_argument("--class", dest="class_name", default="imported",
                      help="class of features without one (default: imported)")
     imp.set_defaults(func=_import)
-    exp = verb("export", "every live object to QuPath GeoJSON")
-    exp.add_argument("--out", type=Path, required=True, metavar="OUT.geojson")
+    exp = verb("export", "every live object to QuPath GeoJSON, COCO or ASAP XML")
+    exp.add_argument("--out", type=Path, required=True, metavar="OUT.geojson",
+                     help="the file; its suffix tells the format (.geojson/.json: GeoJSON, "
+                          ".xml: ASAP XML)")
+    exp.add_argument("--format", default=None, choices=_format_names(readable=False),
+                     help="write this format whatever the suffix (coco for COCO .json)")
     exp.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
                      help="only objects of these classes")
     exp.set_defaults(func=_export)
@@ -62,9 +70,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         func=_rebuild)
 
 
+def _format_names(*, readable: bool) -> list[str]:
+    from ..formats.registry import FORMATS
+
+    return [f.name for f in FORMATS if (f.read if readable else f.write) is not None]
+
+
 def _open(args: argparse.Namespace) -> tuple:
-    from ..annotations.store_files import open_store
     from ..slide import open_slide
+    from ..store.files import open_store
 
     slide = open_slide(args.slide, mpp=args.mpp, backend=args.backend)
     return slide, open_store(slide, folder=args.labels)
@@ -88,13 +102,16 @@ def _import(args: argparse.Namespace) -> int:
     import sys
 
     from ..errors import AnnotationError
-    from ..pipeline.objects import import_geojson
+    from ..formats.registry import format_for_reading
+    from ..pipeline.objects import image_of, import_objects
 
-    if not args.geojson.is_file():
-        raise AnnotationError(f"GeoJSON file {args.geojson} does not exist")
+    if not args.file.is_file():
+        raise AnnotationError(f"annotation file {args.file} does not exist")
+    format_for_reading(args.file, name=args.format)  # said before the slide is opened
     slide, store = _open(args)
     with slide, store:
-        ids, skipped = import_geojson(store, args.geojson, default_class=args.class_name)
+        ids, skipped = import_objects(store, args.file, default_class=args.class_name,
+                                      image=image_of(slide), format=args.format)
         for line in skipped:
             print(f"napari-wsi-sam: skipped {line}", file=sys.stderr)
         print(f"{len(ids)} objects imported into {store.path}")
@@ -102,18 +119,21 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ..pipeline.objects import export_geojson
+    from ..formats.registry import check_export_path
+    from ..pipeline.objects import export_objects, image_of
 
+    check_export_path(args.out, name=args.format)
     slide, store = _open(args)
     with slide, store:
-        count = export_geojson(store, args.out, mpp=slide.mpp, classes=args.classes)
+        count = export_objects(store, args.out, image=image_of(slide), classes=args.classes,
+                               format=args.format)
     print(f"{count} objects written to {args.out}")
     return 0
 
 
 def _export_labels(args: argparse.Namespace) -> int:
-    from ..annotations.ome_zarr_labels import export_ome_zarr_labels
-    from ..annotations.rendering import check_shape
+    from ..formats.ome_zarr_labels import export_ome_zarr_labels
+    from ..store.rendering import check_shape
 
     slide, store = _open(args)
     with slide, store:
@@ -152,7 +172,7 @@ def _rebuild(args: argparse.Namespace) -> int:
 
 def _rasters(slide: Slide, store: ObjectStore) -> ObjectRasters:
     """The slide's label pyramid, drawn from the store."""
-    from ..annotations.rendering import ObjectRasters
+    from ..store.rendering import ObjectRasters
 
     w, h = slide.dimensions
     return ObjectRasters(store, shape=(h, w), downsamples=slide.downsamples)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..annotations.file_io import check_output_path
 from ..errors import AnnotationError, PromptError, StoreError
+from ..formats.registry import check_export_path
 from ..model.registry import MODEL_NAMES
 from ..prompts import Prompt
 from . import args as argtypes
@@ -106,13 +106,13 @@ def resolve_model(args: argparse.Namespace) -> tuple:
 
 
 def _segment(args: argparse.Namespace) -> int:
-    from ..annotations.store_files import open_store
     from ..model.build import build_predictor
-    from ..pipeline import BatchItem, export_geojson, items_from_geojson
+    from ..pipeline import BatchItem, export_objects, items_from_geojson
     from ..pipeline.batch import fit_item
     from ..pipeline.embedding_store import attach as attach_embeddings
-    from ..pipeline.objects import ensure_classes
+    from ..pipeline.objects import ensure_classes, image_of
     from ..slide import open_slide
+    from ..store.files import open_store
 
     _check_args(args)
     choice, hr_mpp = resolve_model(args)
@@ -146,7 +146,7 @@ def _segment(args: argparse.Namespace) -> int:
             ids = _run_batch(slide, items, predictor, store=store, args=args, mpp=mpp,
                              choice=choice, hr_mpp=hr_mpp)
             try:
-                written = export_geojson(store, args.out, mpp=mpp,
+                written = export_objects(store, args.out, image=image_of(slide), mpp=mpp,
                                          ids=None if args.all else ids)
             except AnnotationError as error:  # e.g. the disk filled up while segmenting
                 raise AnnotationError(f"{error}; the {len(ids)} objects of this run are kept "
@@ -217,7 +217,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise PromptError("--mask-prompts applies to --prompts only")
     if args.color is not None and not all(0 <= v <= 255 for v in args.color):
         raise PromptError(f"--color needs three values 0..255, got {args.color}")
-    check_output_path(args.out, flag="--out")
+    check_export_path(args.out, flag="--out")
     if args.labels is not None and args.labels.exists() and not args.labels.is_dir():
         raise StoreError(f"--labels {args.labels} is a file; give the folder of an object store "
                          "(or a new folder)")

@@ -99,7 +99,8 @@ def _own_head(args: argparse.Namespace, data: list, config) -> int:
 
     from ..errors import TrainingError
     from ..model.registry import install_head
-    from ..train.own_head import HELDOUT_FRACTION, plan_head, train_and_measure
+    from ..session.own_head import train_and_measure
+    from ..train.heldout_split import HELDOUT_FRACTION, plan_head
 
     if args.mode != "wsi-sam":
         raise TrainingError("--heldout, --init-head and --install train WSI-SAM heads; drop "

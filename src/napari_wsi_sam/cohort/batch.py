@@ -18,15 +18,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from ..annotations.file_io import check_output_path
-from ..annotations.object_store import ObjectStore
-from ..annotations.store_files import open_store
 from ..errors import PromptError, StoreError, WsiSamError, one_line
+from ..formats.registry import check_export_path
 from ..model.registry import ModelChoice, resolve
 from ..pipeline.batch import BatchPlan, plan_batch, store_result
 from ..pipeline.items import Provenance, items_from_geojson
-from ..pipeline.objects import Outline, ensure_classes, export_geojson
+from ..pipeline.objects import Outline, ensure_classes, export_objects, image_of
 from ..slide import Slide, open_slide
+from ..store.files import open_store
+from ..store.object_store import ObjectStore
 from .executor import Executor, task_failure
 from .manifest import CohortRow
 from .report import SlideReport
@@ -154,7 +154,7 @@ def _prepare(job: SlideJob, *, force: bool, use_mask_prompts: bool,
         if not items:
             raise PromptError(f"{row.prompts.name} holds no Polygon or MultiPolygon "
                               f"({len(ignored)} features ignored)")
-        check_output_path(row.out, flag="out")
+        check_export_path(row.out, flag="out")
         resolved = resolve(row.model, head=row.head, hr_mpp=row.hr_mpp)
         if resolved.warning:
             on_warning(f"{row.describe()}: {resolved.warning}")
@@ -218,7 +218,7 @@ def _finish(job: SlideJob) -> None:
     """Export the slide's objects of this run (atomically), once all its groups are in."""
     assert job.store is not None and job.slide is not None and job.row.out is not None
     try:
-        export_geojson(job.store, job.row.out, mpp=job.slide.mpp, ids=job.ids)
+        export_objects(job.store, job.row.out, image=image_of(job.slide), ids=job.ids)
     except WsiSamError as error:
         job.fail(f"{error}; the objects are kept in {job.store.path}")
         return

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from ..errors import WsiSamError, one_line
 from ..model.registry import ModelChoice
-from ..pipeline.crop_grid import grid_nodes
 from ..slide import open_slide
+from ..slide.crop_grid import grid_nodes
 from ..slide.tissue import tissue_mask
 from .executor import Executor, task_failure
 from .worker import NodesDone, NodesTask, run_nodes

@@ -7,7 +7,7 @@ import io
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from ..annotations.file_io import write_text_atomic
+from ..formats.file_io import write_text_atomic
 
 
 @dataclass

@@ -19,12 +19,12 @@ from typing import Any
 
 from ..model.registry import ModelChoice
 from ..pipeline.batch import DECODER_BATCH, segment_group
-from ..pipeline.crop_grid import CropPairCache
 from ..pipeline.embedding_store import SlideEmbeddings, attach
 from ..pipeline.items import BatchItem
 from ..pipeline.objects import Outline, outline_of
 from ..prompts import Prompt
 from ..slide import Slide, concentric_crops, open_slide
+from ..slide.crop_grid import CropPairCache
 
 logger = logging.getLogger(__name__)
 

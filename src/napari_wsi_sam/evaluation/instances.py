@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import shapely
 
-from ..annotations.polygons import Areal, polygonal
+from ..polygons import Areal, polygonal
 
 MATCH_IOU = 0.5
 

@@ -30,11 +30,11 @@ from ..model.embedding_cache import EmbeddingCache
 from ..model.predictor import WsiSamPredictor
 from ..model.registry import BASE_MODELS, ModelChoice, parse_choice
 from ..model.sam import SamParts, load_sam
-from ..pipeline.crop_grid import CropPairCache, snapped_center
 from ..pipeline.segment import crop_pair, embedding_key
 from ..progress import Progress, no_progress
 from ..prompts import Prompt
 from ..slide import open_slide
+from ..slide.crop_grid import CropPairCache, snapped_center
 from ..train.datasets import AnnotatedImage
 from ..train.prompt_noise import noisy_box, point_order
 from ..train.sampler import rasterise

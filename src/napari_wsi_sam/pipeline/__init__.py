@@ -2,7 +2,6 @@
 store -> GeoJSON, without Qt."""
 
 from .batch import BatchProgress, CropGroup, group_by_crop, refine_batch
-from .crop_grid import CropPairCache, snapped_center
 from .items import (
     BatchItem,
     Provenance,
@@ -13,16 +12,17 @@ from .items import (
     resume_key,
 )
 from .objects import (
-    export_geojson,
-    import_geojson,
+    export_objects,
+    image_of,
+    import_objects,
     refine_stored,
     store_segmented,
     store_to_objects,
 )
 from .segment import SegmentedObject, segment_prompt
 
-__all__ = ["BatchItem", "BatchProgress", "CropGroup", "CropPairCache", "Provenance",
-           "SegmentedObject", "export_geojson", "group_by_crop", "import_geojson",
+__all__ = ["BatchItem", "BatchProgress", "CropGroup", "Provenance",
+           "SegmentedObject", "export_objects", "group_by_crop", "image_of", "import_objects",
            "item_for_geometry", "items_from_geojson", "items_from_objects", "items_from_store",
-           "refine_batch", "refine_stored", "resume_key", "segment_prompt", "snapped_center",
+           "refine_batch", "refine_stored", "resume_key", "segment_prompt",
            "store_segmented", "store_to_objects"]

@@ -29,14 +29,14 @@ from shapely.geometry import box as shapely_box
 from skimage.morphology import remove_small_holes, remove_small_objects
 from torchvision.ops import nms
 
-from ..annotations.object_store import ObjectStore
-from ..annotations.polygons import Areal, mask_to_geometry, polygonal
 from ..errors import PromptError
 from ..model.predictor import stability_score
+from ..polygons import Areal, mask_to_geometry, polygonal
 from ..prompts import Prompt
 from ..scale import CROP_SIZE
 from ..slide import CropPair, Slide
-from .crop_grid import CropPairCache, grid_step
+from ..slide.crop_grid import CropPairCache, grid_step
+from ..store.object_store import ObjectStore
 from .items import Provenance
 from .objects import Outline
 from .segment import crop_pair, embedding_key, mask_to_level0

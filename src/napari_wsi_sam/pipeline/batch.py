@@ -27,14 +27,14 @@ import numpy as np
 import shapely
 from shapely.geometry import box as shapely_box
 
-from ..annotations.object_store import ObjectStore
-from ..annotations.polygons import Areal, polygonal, rasterize
 from ..errors import PromptError
+from ..polygons import Areal, polygonal, rasterize
 from ..prompts import Prompt
 from ..scale import LOW_RES
 from ..slide import CropPair, Slide
+from ..slide.crop_grid import CropPairCache, snapped_center
 from ..slide.crops import fit_prompt
-from .crop_grid import CropPairCache, snapped_center
+from ..store.object_store import ObjectStore
 from .items import BatchItem, Provenance, resume_key
 from .objects import Outline, refine_stored, store_segmented
 from .segment import (

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import zarr
 
-from ..annotations.store_files import default_folder
 from ..model.encoder import EncoderOutput
+from ..store.files import default_folder
 
 logger = logging.getLogger(__name__)
 

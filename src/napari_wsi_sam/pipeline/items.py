@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 import shapely
 
-from ..annotations.geojson import AnnotationObject, read_geojson
-from ..annotations.polygons import Areal
 from ..errors import PromptError
+from ..formats.geojson import AnnotationObject, read_geojson
+from ..polygons import Areal
 from ..prompts import Prompt
 from ..scale import DEFAULT_HR_MPP
 
 if TYPE_CHECKING:
-    from ..annotations.object_store import ObjectStore
     from ..model.registry import ModelChoice
     from ..slide import Slide
+    from ..store.object_store import ObjectStore
 
 
 @dataclass(frozen=True, eq=False)

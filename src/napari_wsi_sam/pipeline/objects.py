@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..annotations.colors import as_hex, as_rgb, palette_color
-from ..annotations.geojson import AnnotationObject, read_geojson, write_geojson
-from ..annotations.object_store import NewObject, ObjectStore, StoredObject
-from ..annotations.polygons import Areal, mask_to_geometry
+from ..formats import AnnotationObject, ImageRef, read_annotations, write_annotations
+from ..polygons import Areal, mask_to_geometry
 from ..prompts import Prompt
+from ..slide import Slide
+from ..store.colors import as_hex, as_rgb, palette_color
+from ..store.object_store import NewObject, ObjectStore, StoredObject
 from .items import BatchItem, Provenance
 from .segment import SegmentedObject
 
@@ -25,6 +26,12 @@ logger = logging.getLogger(__name__)
 
 IMPORTED = "imported"
 """The model name recorded for objects read from a file."""
+
+
+def image_of(slide: Slide) -> ImageRef:
+    """The slide as the image its objects belong to, for the formats that name it (COCO)."""
+    return ImageRef(name=Path(str(slide.path)).name, size=tuple(slide.dimensions),
+                    mpp=slide.mpp)
 
 
 def record_prompt(obj: SegmentedObject, prompt: Prompt | None = None) -> dict:
@@ -115,29 +122,27 @@ def store_to_objects(store: ObjectStore, *, ids: Collection[int] | None = None,
         yield annotation_object(obj, colors)
 
 
-def export_geojson(store: ObjectStore, path: Path, *, mpp: tuple[float, float] | None = None,
-                   ids: Collection[int] | None = None,
-                   classes: Collection[str] | None = None) -> int:
-    """Write live objects (all by default) to `path` as QuPath GeoJSON in level-0 pixels,
-    atomically; `mpp` (x, y) µm/px adds areas in µm² (default: the store's). Returns the
-    number written."""
-    count = 0
-
-    def counted() -> Iterator[AnnotationObject]:
-        nonlocal count
-        for obj in store_to_objects(store, ids=ids, classes=classes):
-            count += 1
-            yield obj
-
-    write_geojson(counted(), path, mpp=mpp if mpp is not None else store.mpp)
-    return count
+def export_objects(store: ObjectStore, path: Path, *, image: ImageRef | None = None,
+                   mpp: tuple[float, float] | None = None, ids: Collection[int] | None = None,
+                   classes: Collection[str] | None = None, format: str | None = None) -> int:
+    """Write live objects (all by default) to `path` in level-0 pixels, atomically, in the
+    format its suffix tells (`formats.registry`; `format` names one). `image` is the slide
+    they belong to (COCO names it); `mpp` (x, y) µm/px adds areas in µm² (default: the
+    image's, else the store's). Returns the number written."""
+    objects = list(store_to_objects(store, ids=ids, classes=classes))
+    image = image or ImageRef()
+    use_mpp = mpp if mpp is not None else image.mpp if image.mpp is not None else store.mpp
+    write_annotations(objects, path, image=replace(image, mpp=use_mpp), name=format)
+    return len(objects)
 
 
-def import_geojson(store: ObjectStore, path: Path, *, default_class: str = "imported",
-                   group: str | None = None) -> tuple[list[int], list[str]]:
-    """Store every Polygon/MultiPolygon of a GeoJSON file as one object (holes and parts
-    kept; class and colour kept), in one transaction. Returns (new ids, skipped lines)."""
-    result = read_geojson(path)
+def import_objects(store: ObjectStore, path: Path, *, default_class: str = "imported",
+                   group: str | None = None, image: ImageRef | None = None,
+                   format: str | None = None) -> tuple[list[int], list[str]]:
+    """Store every outline of an annotation file (QuPath GeoJSON, COCO, ASAP XML, GeoParquet,
+    an instance label image: `formats.registry`) as one object (holes and parts kept; class
+    and colour kept), in one transaction. Returns (new ids, skipped lines)."""
+    result = read_annotations(path, image=image, name=format)
     known = store.classes()
     items = []
     for obj in result.objects:

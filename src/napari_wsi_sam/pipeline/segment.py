@@ -14,9 +14,9 @@ import numpy as np
 from ..errors import PromptError
 from ..prompts import Prompt
 from ..slide import CropPair, Slide, concentric_crops
+from ..slide.crop_grid import CropPairCache, snapped_center
 from ..slide.crops import fit_prompt
 from ..windows import Window
-from .crop_grid import CropPairCache, snapped_center
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ through the very same calls:
     session = AnnotationSession.open("slide.svs")
     session.run_now(BoxRequest(np.array([100, 200, 400, 500])))
     session.run_now(PointRequest(250, 300, positive=False))   # refines the new object
-    session.export_geojson("objects.geojson")
+    session.export_objects("objects.geojson")
 
 Requests run one at a time, in order (`submit` then `drain`, from one worker thread); reading
 (selection, the store) is safe from any thread. Coordinates are level-0 slide pixels, (x, y).
@@ -25,17 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from ..annotations.object_store import ObjectStore, StoredObject
-from ..annotations.rendering import ObjectRasters
-from ..annotations.store_files import open_store
 from ..errors import PromptError, WsiSamError
 from ..model import registry
 from ..model.build import build_predictor
 from ..pipeline import (
-    CropPairCache,
     Provenance,
-    export_geojson,
-    import_geojson,
+    export_objects,
+    image_of,
+    import_objects,
     refine_batch,
     refine_stored,
     segment_prompt,
@@ -45,7 +42,10 @@ from ..pipeline.auto_segment import AutoProgress, fit_region, segment_all
 from ..pipeline.embedding_store import attach as attach_embeddings
 from ..prompts import Prompt
 from ..scale import DEFAULT_HR_MPP, scale_text
-from ..slide import Slide, open_slide
+from ..slide import CropPairCache, Slide, open_slide
+from ..store.files import open_store
+from ..store.object_store import ObjectStore, StoredObject
+from ..store.rendering import ObjectRasters
 from .classes import ClassRegistry
 from .requests import (
     BatchRequest,
@@ -252,8 +252,9 @@ class AnnotationSession:
                            f"{', '.join(map(str, ids[:5]))}{'...' if len(ids) > 5 else ''}",
                            object_id=ids[-1], touched=self._sync())
         if isinstance(request, ImportRequest):
-            ids, skipped = import_geojson(self.store, request.path,
-                                          default_class=self.current_class)
+            ids, skipped = import_objects(self.store, request.path,
+                                          default_class=self.current_class,
+                                          image=image_of(self.slide))
             self.classes.reload()
             note = f"; skipped {len(skipped)}: {skipped[0]}" if skipped else ""
             return Outcome(request, f"{len(ids)} objects imported from {request.path.name}"
@@ -346,9 +347,11 @@ class AnnotationSession:
             yield Outcome(request, _segment_all_summary(step), progress=(step.total,) * 2)
 
     # ----------------------------------------------------------------- files and sync
-    def export_geojson(self, path: Path | str, *, classes: list[str] | None = None) -> int:
-        """Every live object (of `classes`, when given) to QuPath GeoJSON; how many."""
-        return export_geojson(self.store, Path(path), mpp=self.slide.mpp, classes=classes)
+    def export_objects(self, path: Path | str, *, classes: list[str] | None = None) -> int:
+        """Every live object (of `classes`, when given) to a file in the format its suffix
+        tells (QuPath GeoJSON, COCO, ASAP XML: `formats.registry`); how many."""
+        return export_objects(self.store, Path(path), image=image_of(self.slide),
+                              classes=classes)
 
     def changed_elsewhere(self) -> bool:
         """A cheap poll: True once after another viewer or process changed the store."""

@@ -6,9 +6,9 @@ a class is written there when it is first used or its colour is changed.
 
 from __future__ import annotations
 
-from ..annotations.colors import DEFAULT_CLASSES, EXTRA_COLORS, as_hex
-from ..annotations.object_store import ObjectStore
 from ..errors import UsageError
+from ..store.colors import DEFAULT_CLASSES, EXTRA_COLORS, as_hex
+from ..store.object_store import ObjectStore
 
 __all__ = ["DEFAULT_CLASSES", "ClassRegistry"]
 

@@ -19,8 +19,8 @@ import numpy as np
 from ..pipeline.items import BatchItem
 
 if TYPE_CHECKING:
-    from ..annotations.polygons import Areal
     from ..pipeline.auto_segment import AutoSettings
+    from ..polygons import Areal
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,7 +84,8 @@ class SegmentAllRequest(Request):
 
 @dataclass(frozen=True, eq=False)
 class ImportRequest(Request):
-    """Store every outline of a GeoJSON file as an object."""
+    """Store every outline of an annotation file (any format `formats.registry` reads) as an
+    object."""
 
     path: Path
 

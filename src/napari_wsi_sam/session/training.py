@@ -3,7 +3,7 @@
 The data: the live objects of the chosen classes in the session's store, plus other slides'
 stores or GeoJSON files of this slide that the user adds; the scale: the session's HR µm/px.
 The head trains into a fresh folder in the cache and is measured against SAM on held-out
-objects (`train.own_head`); installing it (`install`) is a separate, explicit step, so a
+objects (`session.own_head`); installing it (`install`) is a separate, explicit step, so a
 cancelled or disappointing run changes nothing the user relies on. Qt-free.
 """
 
@@ -20,7 +20,8 @@ from ..paths import cache_home
 from ..pipeline.objects import store_to_objects
 from ..scale import magnification, same_scale
 from ..train.datasets import AnnotatedImage, load_data, read_objects
-from ..train.own_head import TrainedHead, plan_head, train_and_measure
+from ..train.heldout_split import plan_head
+from .own_head import TrainedHead, train_and_measure
 
 if TYPE_CHECKING:
     from .annotation_session import AnnotationSession

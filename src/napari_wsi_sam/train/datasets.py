@@ -27,13 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..annotations import AnnotationObject, read_geojson
 from ..assets import fetch
 from ..errors import AnnotationError, SlideError, one_line
+from ..formats import AnnotationObject
 
 logger = logging.getLogger(__name__)
 
-MASK_SUFFIXES = {".npz", ".npy", ".png", ".tif", ".tiff"}
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class AnnotatedImage:
 
 
 def _builtin_nest() -> list[AnnotatedImage]:
-    from ..annotations import read_instance_masks
+    from ..formats import read_instance_masks
 
     files = fetch(["hgsc_nest.jpg", "hgsc_nest_inst_mask.npz", "hgsc_nest_type_mask.npz"])
     objects = read_instance_masks(files["hgsc_nest_inst_mask.npz"], key="nuc_raster",
@@ -62,14 +61,14 @@ def _builtin_nest() -> list[AnnotatedImage]:
 
 def _nest_classes() -> dict[int, str] | None:
     try:
-        from ..annotations.instance_masks import HISTOLYTICS_NUCLEI_CLASSES
+        from ..formats.instance_masks import HISTOLYTICS_NUCLEI_CLASSES
     except ImportError:  # pragma: no cover - names unknown: generic type_<k>
         return None
     return dict(HISTOLYTICS_NUCLEI_CLASSES)
 
 
 def _builtin_stromal() -> list[AnnotatedImage]:
-    from ..annotations import read_geoparquet
+    from ..formats import read_geoparquet
 
     files = fetch(["hgsc_stromal_he.jpg", "hgsc_stromal_cells.parquet"])
     result = read_geoparquet(files["hgsc_stromal_cells.parquet"])
@@ -135,9 +134,9 @@ def _load_one(spec: str, *, mpp: float | None) -> list[AnnotatedImage]:
 def _from_store(image: Path, store: Path | None, *, mpp: float | None) -> AnnotatedImage:
     """A slide with the live objects of its object store (read-only: training changes
     nothing of it)."""
-    from ..annotations.store_files import default_folder
-    from ..annotations.store_schema import DB_NAME
     from ..pipeline.objects import store_to_objects
+    from ..store.files import default_folder
+    from ..store.schema import DB_NAME
 
     if store is None:
         store = default_folder(image) / DB_NAME
@@ -146,7 +145,7 @@ def _from_store(image: Path, store: Path | None, *, mpp: float | None) -> Annota
     if not store.is_file():
         raise AnnotationError(f"{image.name} has no object store ({store} does not exist); "
                               "annotate it first, or give IMAGE=ANNOTATIONS")
-    from ..annotations.object_store import ObjectStore
+    from ..store.object_store import ObjectStore
 
     with ObjectStore.open(store, read_only=True) as opened:
         objects = tuple(store_to_objects(opened))
@@ -160,38 +159,24 @@ def _with_mpp(image: AnnotatedImage, mpp: float) -> AnnotatedImage:
 
 
 def read_objects(path: Path, *, image: Path, key: str | None = None) -> list[AnnotationObject]:
-    """The objects of one image from an annotation file, the format told by the file."""
-    from .. import annotations as ann
+    """The objects of one image from an annotation file (`formats.registry` tells the format)
+    or an object store (a ``.sqlite`` file or its folder)."""
+    from ..formats.registry import ImageRef, read_annotations
 
     path = _existing(path, "annotation file")
-    suffix = path.suffix.lower()
-    if path.is_dir() or suffix == ".sqlite":
+    if path.is_dir() or path.suffix.lower() == ".sqlite":
         return list(_from_store(image, path, mpp=None).objects)
-    if suffix == ".xml":
-        return _kept(ann.read_asap_xml(path), path)
-    if suffix == ".parquet":
-        return _kept(ann.read_geoparquet(path), path)
-    if suffix in MASK_SUFFIXES:
-        return list(ann.read_instance_masks(path, key=key))
-    if suffix in (".json", ".geojson"):
-        if suffix == ".json" and _is_coco(path):
-            by_image = ann.read_coco(path, image=image.name)
-            return [obj for result in by_image.values() for obj in _kept(result, path)]
-        return _kept(read_geojson(path), path)
-    raise AnnotationError(f"{path.name}: unknown annotation format {suffix!r}; use GeoJSON, "
-                          "ASAP .xml, COCO .json, .parquet or an instance mask (.npz/.png/.tif)")
+    if key is not None and path.suffix.lower() == ".npz":
+        from ..formats import read_instance_masks
+
+        return list(read_instance_masks(path, key=key))
+    return _kept(read_annotations(path, image=ImageRef(name=image.name)), path)
 
 
 def _kept(result: Any, path: Path) -> list[AnnotationObject]:
     if result.skipped:
         logger.info("%s: skipped %d non-polygon annotations", path.name, len(result.skipped))
     return list(result.objects)
-
-
-def _is_coco(path: Path) -> bool:
-    with path.open("rb") as handle:
-        head = handle.read(1 << 16).decode("utf-8", "replace")
-    return '"images"' in head or ('"annotations"' in head and '"categories"' in head)
 
 
 def _manifest(path: Path, *, mpp: float | None) -> list[AnnotatedImage]:
@@ -223,7 +208,7 @@ def _manifest(path: Path, *, mpp: float | None) -> list[AnnotatedImage]:
 
 def _coco_set(coco: Path, images_dir: Path, name: str, mpp: float | None
               ) -> list[AnnotatedImage]:
-    from ..annotations import read_coco
+    from ..formats import read_coco
 
     by_image = read_coco(_existing(coco, "COCO file"))
     images = []

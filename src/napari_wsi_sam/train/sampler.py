@@ -19,8 +19,8 @@ import numpy as np
 import shapely.affinity
 from skimage.color import hsv2rgb, rgb2hsv
 
-from ..annotations import AnnotationObject, geometry_to_mask
-from ..annotations.polygons import Areal
+from ..formats import AnnotationObject
+from ..polygons import Areal, geometry_to_mask
 from ..prompts import Prompt
 from ..scale import CROP_SIZE as CROP
 from ..slide import Slide, concentric_crops

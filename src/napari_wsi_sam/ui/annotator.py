@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image, Shapes
 
-from ..annotations.object_store import StoredObject
 from ..errors import WsiSamError
 from ..session import AnnotationSession, BoxRequest, Outcome, PointRequest, Request, SyncRequest
+from ..store.object_store import StoredObject
 from . import layers as ui_layers
 from .coords import box_from_world_corners, world_to_slide
 from .workers import UserError, drain_worker

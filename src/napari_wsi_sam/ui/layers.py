@@ -15,7 +15,7 @@ import pandas as pd
 from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.colormaps import DirectLabelColormap
 
-from ..annotations.colors import as_rgba
+from ..store.colors import as_rgba
 from ..windows import Window
 from .coords import slide_to_world
 from .slide_layer import slide_path_of

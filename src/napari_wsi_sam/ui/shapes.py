@@ -10,9 +10,9 @@ from napari.layers import Shapes
 from shapely import affinity, unary_union
 from shapely.geometry import Point, Polygon
 
-from ..annotations.polygons import Areal
 from ..errors import PromptError
 from ..pipeline.items import BatchItem
+from ..polygons import Areal
 from ..prompts import Prompt
 from .coords import world_to_slide
 

@@ -19,7 +19,7 @@ from napari.qt.threading import thread_worker
 
 from ..errors import WsiSamError
 from ..session import training
-from ..train.own_head import TrainedHead
+from ..session.own_head import TrainedHead
 from .workers import UserError
 
 if TYPE_CHECKING:

@@ -29,8 +29,6 @@ from magicgui.widgets import (
 from napari.layers import Image, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..annotations.colors import as_hex
-from ..annotations.store_files import open_store
 from ..errors import PromptError, WsiSamError
 from ..pipeline.items import items_from_store
 from ..prompts import Prompt
@@ -45,6 +43,8 @@ from ..session import (
     UndoRequest,
 )
 from ..slide import CropPair
+from ..store.colors import as_hex
+from ..store.files import open_store
 from . import layers as ui_layers
 from .annotator import Annotator, shapes_of
 from .model_controls import ModelControls
@@ -115,8 +115,8 @@ class WsiSamWidget(Container):
         self._cancel = PushButton(text="Cancel")
         self._undo = PushButton(text="Undo")
         self._redo = PushButton(text="Redo")
-        self._export = PushButton(text="Export GeoJSON")
-        self._import = PushButton(text="Import GeoJSON")
+        self._export = PushButton(text="Export objects…")
+        self._import = PushButton(text="Import objects…")
         self._outlines = CheckBox(name="outlines", text="Outlines (touching objects stay apart)",
                                   value=True)
         self._show_fields = PushButton(text="Show crop fields")
@@ -152,8 +152,8 @@ class WsiSamWidget(Container):
         self._cancel.changed.connect(lambda _=None: self.cancel())
         self._undo.changed.connect(lambda _=None: self.undo())
         self._redo.changed.connect(lambda _=None: self.redo())
-        self._export.changed.connect(lambda _=None: self.export_geojson())
-        self._import.changed.connect(lambda _=None: self.import_geojson())
+        self._export.changed.connect(lambda _=None: self.export_objects())
+        self._import.changed.connect(lambda _=None: self.import_objects())
         self._outlines.changed.connect(self._on_outlines)
         self._show_fields.changed.connect(lambda _=None: self.show_crop_fields())
         self._viewer.layers.events.inserted.connect(self._on_layers_changed)
@@ -379,8 +379,9 @@ class WsiSamWidget(Container):
         slide_layer = self.annotator.slide_layer
         self._submit(lambda _s: SegmentAllRequest(region_of(layer, slide_layer)))
 
-    def export_geojson(self, path: Path | None = None) -> Path | None:
-        """Every live object to QuPath GeoJSON (asks for a path when none is given)."""
+    def export_objects(self, path: Path | None = None) -> Path | None:
+        """Every live object to QuPath GeoJSON, COCO or ASAP XML by the suffix (asks for a
+        path when none is given)."""
         try:
             session = self.require_session()
             if session.store.count() == 0:
@@ -388,7 +389,7 @@ class WsiSamWidget(Container):
             path = path or _ask_path(self, save=True)
             if path is None:
                 return None
-            count = session.export_geojson(path)
+            count = session.export_objects(path)
         except WsiSamError as error:
             self.report(str(error), "error")
             return None
@@ -396,8 +397,9 @@ class WsiSamWidget(Container):
         show_info(self.status)
         return path
 
-    def import_geojson(self, path: Path | None = None) -> None:
-        """Objects from QuPath GeoJSON into the store (holes and parts kept, classes kept)."""
+    def import_objects(self, path: Path | None = None) -> None:
+        """Objects from an annotation file (GeoJSON, COCO, ASAP XML, GeoParquet, label
+        image) into the store (holes and parts kept, classes kept)."""
         path = path or _ask_path(self, save=False)
         if path is not None:
             self._submit(lambda _s: ImportRequest(Path(path)))
@@ -446,6 +448,9 @@ class WsiSamWidget(Container):
 def _ask_path(widget: WsiSamWidget, *, save: bool) -> Path | None:
     from qtpy.QtWidgets import QFileDialog
 
+    from ..formats.registry import dialog_filters
+
     dialog = QFileDialog.getSaveFileName if save else QFileDialog.getOpenFileName
-    name, _ = dialog(widget.native, "GeoJSON", "", "GeoJSON (*.geojson *.json)")
+    title = "Export objects" if save else "Import objects"
+    name, _ = dialog(widget.native, title, "", ";;".join(dialog_filters(readable=not save)))
     return Path(name) if name else None

@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from ..annotations import AnnotationObject, ObjectStore, labels_to_geometries, write_geojson
 from ..errors import AnnotationError
-from ..pipeline.objects import export_geojson
+from ..formats import AnnotationObject, write_geojson
+from ..pipeline.objects import export_objects
+from ..polygons import labels_to_geometries
+from ..store import ObjectStore
 from .layers import CLASS_KEY, STORE_KEY
 
 MAX_TRACED_PIXELS = 200_000_000
@@ -26,7 +28,7 @@ def write_labels_geojson(path: str, data: Any, meta: dict[str, Any]) -> list[str
     metadata = meta.get("metadata", {})
     if metadata.get(STORE_KEY):
         with ObjectStore.open(Path(metadata[STORE_KEY]), read_only=True, check=False) as store:
-            export_geojson(store, target, classes=[metadata[CLASS_KEY]])
+            export_objects(store, target, classes=[metadata[CLASS_KEY]])
         return [str(target)]
     level0 = data[0] if isinstance(data, list) else data
     if int(np.prod(level0.shape)) > MAX_TRACED_PIXELS:

@@ -32,14 +32,14 @@ import shapely
 from shapely.geometry import Point, box
 
 from ..errors import StoreError
+from ..polygons import Areal, as_areal, polygonal
 from ..windows import Window
-from . import store_changes as changes
-from . import store_hierarchy as hierarchy
-from . import store_history as history
-from . import store_schema as schema
+from . import changes as changes
+from . import hierarchy as hierarchy
+from . import history as history
+from . import schema as schema
 from .colors import as_hex
-from .polygons import Areal, as_areal, polygonal
-from .store_records import (
+from .records import (
     CHANGE_COLUMNS,
     VERSION_COLUMNS,
     Change,

@@ -26,9 +26,10 @@ import shapely
 from shapely.geometry import Polygon
 
 from ..errors import AnnotationError
+from ..polygons import Areal, as_areal, exterior_parts, mask_to_geometry, polygonal
 from .file_io import read_json, write_text_atomic
-from .geojson import AnnotationObject, ImportResult
-from .polygons import Areal, as_areal, exterior_parts, mask_to_geometry, polygonal
+from .format import Format, ImageRef
+from .records import AnnotationObject, ImportResult
 
 logger = logging.getLogger(__name__)
 
@@ -326,3 +327,32 @@ def _flat(poly: Polygon) -> list[float]:
 
 def _num(v: float) -> float:
     return int(v) if float(v).is_integer() and math.isfinite(v) else float(v)
+
+
+def is_coco(path: Path) -> bool:
+    """Whether a ``.json`` file is COCO (its first 64 kB name ``images``, or ``annotations``
+    and ``categories``) rather than GeoJSON."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(1 << 16).decode("utf-8", "replace")
+    except OSError:
+        return False
+    return '"images"' in head or ('"annotations"' in head and '"categories"' in head)
+
+
+def _read(path: Path, image: ImageRef) -> ImportResult:
+    by_image = read_coco(path, image=image.name)
+    if len(by_image) != 1:
+        raise AnnotationError(f"{path.name} holds {len(by_image)} images; name the image it "
+                              "belongs to (a training manifest reads them all)")
+    return next(iter(by_image.values()))
+
+
+def _write(objects: list[AnnotationObject], path: Path, image: ImageRef) -> Path:
+    if image.name is None or image.size is None:
+        raise AnnotationError(f"{path.name}: COCO names its image and size; export from a "
+                              "slide (its file name and size go into 'images')")
+    return write_coco({image.name: (objects, image.size)}, path)
+
+
+FORMAT = Format("coco", "COCO JSON", (".json",), read=_read, write=_write, claims=is_coco)

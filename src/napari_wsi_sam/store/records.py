@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import StoreError
+from ..polygons import Areal
 from ..windows import Window
-from . import store_schema as schema
-from .polygons import Areal
+from . import schema as schema
 
 VERSION_COLUMNS = ("v.vid, v.object_id, v.number, v.op, v.time, v.class_name, v.model, v.head, "
                    "v.score, v.score_kind, v.prompt, v.geometry, v.x0, v.y0, v.x1, v.y1, "

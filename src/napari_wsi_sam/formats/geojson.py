@@ -15,7 +15,6 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,12 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon
 
 from ..errors import AnnotationError
+from ..polygons import Areal, as_areal
 from .file_io import read_json, write_text_atomic
-from .polygons import Areal, as_areal
+from .format import Format, ImageRef
+from .records import RGB, AnnotationObject, ImportResult, as_rgb_triple
 
 logger = logging.getLogger(__name__)
-
-RGB = tuple[int, int, int]
 
 # Keys of ``properties`` that map onto AnnotationObject fields rather than into ``properties``.
 _OWN_KEYS = ("objectType", "classification", "id")
@@ -36,57 +35,6 @@ _OWN_KEYS = ("objectType", "classification", "id")
 _LEGACY_TYPES = {"PathAnnotationObject": "annotation", "PathDetectionObject": "detection",
                  "PathCellObject": "cell", "PathTileObject": "tile",
                  "TMACoreObject": "tma_core", "PathRootObject": "root"}
-
-
-@dataclass(frozen=True, eq=False)
-class AnnotationObject:
-    """One annotated object.
-
-    id : a positive int, unique within a set of objects (the label value in a labels layer).
-    geometry : Polygon or MultiPolygon (holes allowed), level-0 px (x, y).
-    class_name : its classification, or None when unclassified.
-    color : (r, g, b) 0..255 of the classification, or None.
-    properties : anything else: ``model`` (str), ``score`` (float), ``measurements``, ...
-    object_type : QuPath's object type, "annotation" (default) or "detection" (or what a file
-        read from QuPath says, e.g. "cell").
-    """
-
-    id: int
-    geometry: Areal
-    class_name: str | None = None
-    color: RGB | None = None
-    properties: dict[str, Any] = field(default_factory=dict)
-    object_type: str = "annotation"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.id, bool) or not isinstance(self.id, int):
-            raise AnnotationError(f"object id must be an int, got {self.id!r}")
-        if not isinstance(self.geometry, Polygon | MultiPolygon):
-            raise AnnotationError(f"object {self.id}: geometry must be a Polygon or "
-                                  f"MultiPolygon, got {type(self.geometry).__name__}")
-        if self.color is not None:
-            object.__setattr__(self, "color", _rgb(self.color, f"object {self.id}"))
-        object.__setattr__(self, "properties", dict(self.properties))
-
-    @property
-    def model(self) -> str | None:
-        """The model that made this object (``properties["model"]``), if known."""
-        value = self.properties.get("model")
-        return None if value is None else str(value)
-
-    @property
-    def score(self) -> float | None:
-        """The model's confidence (``properties["score"]``), if known."""
-        value = self.properties.get("score")
-        return None if value is None else float(value)
-
-
-@dataclass(frozen=True)
-class ImportResult:
-    """What `read_geojson` found: the objects kept, and one line per Feature it skipped."""
-
-    objects: list[AnnotationObject]
-    skipped: list[str]
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -303,20 +251,10 @@ def _color_or_none(value: Any) -> RGB | None:
         return (packed >> 16) & 255, (packed >> 8) & 255, packed & 255
     if isinstance(value, list) and len(value) in (3, 4):
         try:
-            return _rgb(tuple(value[:3]), "colour")
+            return as_rgb_triple(tuple(value[:3]), "colour")
         except AnnotationError:
             return None
     return None
-
-
-def _rgb(value: Any, what: str) -> RGB:
-    try:
-        r, g, b = (int(v) for v in value)
-    except (TypeError, ValueError) as err:
-        raise AnnotationError(f"{what}: colour must be (r, g, b) ints, got {value!r}") from err
-    if not all(0 <= v <= 255 for v in (r, g, b)):
-        raise AnnotationError(f"{what}: colour values must be 0..255, got {value!r}")
-    return r, g, b
 
 
 def _describe(feature: Any) -> str:
@@ -332,3 +270,14 @@ def _describe(feature: Any) -> str:
     if name is not None:
         bits.append(f"class {name!r}")
     return f" ({', '.join(bits)})" if bits else ""
+
+
+def _read(path: Path, image: ImageRef) -> ImportResult:
+    return read_geojson(path)
+
+
+def _write(objects: list[AnnotationObject], path: Path, image: ImageRef) -> Path:
+    return write_geojson(objects, path, mpp=image.mpp)
+
+
+FORMAT = Format("geojson", "QuPath GeoJSON", (".geojson", ".json"), read=_read, write=_write)

@@ -13,8 +13,9 @@ from collections.abc import Callable, Hashable
 
 from ..prompts import Prompt
 from ..scale import CROP_SIZE
-from ..slide import CropPair, Slide
-from ..slide.tissue import TissueMask
+from .crops import CropPair
+from .reader import Slide
+from .tissue import TissueMask
 
 
 def grid_step(slide: Slide, *, hr_mpp: float, size: int = CROP_SIZE) -> tuple[float, float]:

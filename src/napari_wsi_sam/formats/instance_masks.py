@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AnnotationError
-from .geojson import AnnotationObject
-from .polygons import labels_to_geometries
+from ..polygons import labels_to_geometries
+from .format import Format, ImageRef
+from .records import AnnotationObject, ImportResult
 
 logger = logging.getLogger(__name__)
 
@@ -162,3 +163,11 @@ def _load(path: Path, key: str | None) -> np.ndarray:
                               f"label image") from err
     raise AnnotationError(f"{path.name}: unsupported label file type {suffix!r}; give an .npz, "
                           f".npy, PNG or TIFF label image")
+
+
+def _read(path: Path, image: ImageRef) -> ImportResult:
+    return ImportResult(objects=read_instance_masks(path), skipped=[])
+
+
+FORMAT = Format("instance-mask", "instance label image", (".npz", ".npy", *_IMAGE_SUFFIXES),
+                read=_read)

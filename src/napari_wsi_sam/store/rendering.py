@@ -28,9 +28,9 @@ import shapely
 import zarr
 
 from ..errors import StoreError
+from ..polygons import rasterize
 from ..windows import Window
 from .object_store import ObjectStore
-from .polygons import rasterize
 
 logger = logging.getLogger(__name__)
 

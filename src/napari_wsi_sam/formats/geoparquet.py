@@ -20,8 +20,9 @@ import numpy as np
 import shapely
 
 from ..errors import AnnotationError
-from .geojson import AnnotationObject, ImportResult
-from .polygons import as_areal
+from ..polygons import as_areal
+from .format import Format, ImageRef
+from .records import AnnotationObject, ImportResult
 
 logger = logging.getLogger(__name__)
 
@@ -136,3 +137,10 @@ def _plain(value: Any) -> bool:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
+
+
+def _read(path: Path, image: ImageRef) -> ImportResult:
+    return read_geoparquet(path)
+
+
+FORMAT = Format("geoparquet", "GeoParquet", (".parquet",), read=_read)

@@ -14,9 +14,9 @@ import sqlite3
 import time
 
 from ..errors import StoreError
-from .store_changes import log_change, set_state
-from .store_records import CHANGE_COLUMNS, Change, change
-from .store_schema import DONE, FINAL, UNDONE
+from .changes import log_change, set_state
+from .records import CHANGE_COLUMNS, Change, change
+from .schema import DONE, FINAL, UNDONE
 
 
 def undo(conn: sqlite3.Connection, writer: str) -> list[Change]:

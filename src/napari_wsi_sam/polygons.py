@@ -26,8 +26,8 @@ from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
-from ..errors import AnnotationError
-from ..windows import Window
+from .errors import AnnotationError
+from .windows import Window
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import sqlite3
 
 import shapely
 
-from .polygons import Areal
-from .store_schema import unpack_geometry, unpack_many
+from ..polygons import Areal
+from .schema import unpack_geometry, unpack_many
 
 Rank = tuple[float, int]
 

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
+from .migration import has_legacy_store, migrate
 from .object_store import ObjectStore
-from .store_migration import has_legacy_store, migrate
-from .store_schema import DB_NAME
+from .schema import DB_NAME
 
 if TYPE_CHECKING:
     from ..slide.reader import Slide

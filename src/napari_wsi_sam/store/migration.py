@@ -25,11 +25,11 @@ import zarr
 from numcodecs import Blosc
 
 from ..errors import LabelStoreError
+from ..polygons import mask_to_geometry
 from ..windows import Window
 from .colors import as_hex
 from .object_store import NewObject, ObjectStore
-from .polygons import mask_to_geometry
-from .store_schema import DB_NAME
+from .schema import DB_NAME
 
 logger = logging.getLogger(__name__)
 

@@ -31,9 +31,10 @@ from pathlib import Path
 from shapely.geometry import Polygon
 
 from ..errors import AnnotationError
+from ..polygons import as_areal, exterior_parts
 from .file_io import write_text_atomic
-from .geojson import RGB, AnnotationObject, ImportResult
-from .polygons import as_areal, exterior_parts
+from .format import Format, ImageRef
+from .records import RGB, AnnotationObject, ImportResult
 
 logger = logging.getLogger(__name__)
 
@@ -195,3 +196,14 @@ def write_asap_xml(objects: Iterable[AnnotationObject], path: str | os.PathLike[
 def _fmt(value: float) -> str:
     value = float(value)
     return str(int(value)) if value.is_integer() else repr(value)
+
+
+def _read(path: Path, image: ImageRef) -> ImportResult:
+    return read_asap_xml(path)
+
+
+def _write(objects: list[AnnotationObject], path: Path, image: ImageRef) -> Path:
+    return write_asap_xml(objects, path)
+
+
+FORMAT = Format("asap-xml", "ASAP XML", (".xml",), read=_read, write=_write)

@@ -30,7 +30,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from ..errors import StoreError
-from .polygons import Areal, polygonal
+from ..polygons import Areal, polygonal
 
 logger = logging.getLogger(__name__)
 

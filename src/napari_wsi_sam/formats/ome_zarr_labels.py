@@ -28,8 +28,8 @@ import numpy as np
 import zarr
 
 from ..errors import AnnotationError
-from .colors import as_rgb
-from .rendering import ObjectRasters
+from ..store.colors import as_rgb
+from ..store.rendering import ObjectRasters
 
 NGFF_VERSIONS = ("0.4", "0.5")
 CHUNK = 1024

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from . import store_hierarchy as hierarchy
-from . import store_schema as schema
+from ..polygons import Areal
+from . import hierarchy as hierarchy
+from . import schema as schema
 from .colors import FALLBACK, as_hex
-from .polygons import Areal
-from .store_records import NewObject, valid_class_name
+from .records import NewObject, valid_class_name
 
 
 def insert_version(conn: sqlite3.Connection, object_id: int, number: int, op: str,
