@@ -305,7 +305,7 @@ def test_kill_mid_insert_keeps_every_committed_object(journal, tmp_path, monkeyp
 
 
 BIG_BATCH_CHILD = """
-from napari_wsi_sam.store import schema
+from napari_wsi_sam.store import schema as store_schema
 store = ObjectStore.open(Path(ARGS["db"]))
 store._conn.execute("PRAGMA cache_size = 50")  # 50 pages: a big transaction spills early
 pack, calls = store_schema.pack_geometry, [0]
@@ -628,7 +628,7 @@ def test_kill_at_named_points_of_rebuild(point, tmp_path):
 
 
 KILL_WHILE_CREATING = """
-from napari_wsi_sam.store import schema as schema
+from napari_wsi_sam.store import schema
 from napari_wsi_sam.store.files import open_store
 from napari_wsi_sam.slide import open_slide
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)
