@@ -35,15 +35,14 @@ import shapely
 import torch
 
 from napari_wsi_sam.evaluation.instances import cut_to, match_instances
-from napari_wsi_sam.pipeline.auto_segment import (
-    Accepted,
+from napari_wsi_sam.pipeline.auto_grid import (
     AutoSettings,
     Candidates,
-    as_region,
     crop_candidates,
     crop_objects,
     plan_crops,
 )
+from napari_wsi_sam.pipeline.auto_region import Accepted, as_region
 from napari_wsi_sam.pipeline.segment import mask_to_level0
 from napari_wsi_sam.polygons import mask_to_geometry, polygonal
 from napari_wsi_sam.prompts import Prompt

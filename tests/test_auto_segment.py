@@ -1,5 +1,5 @@
-"""Segment all (`pipeline.auto_segment`, ``segment --auto``) on real H&E nuclei with real weights,
-the instance scores, and the user errors."""
+"""Segment all by point grid (`pipeline.auto_grid`, ``segment --auto --method grid``) on real
+H&E nuclei with real weights, the instance scores, and the user errors."""
 
 from __future__ import annotations
 
@@ -14,14 +14,8 @@ from shapely.geometry import box
 from napari_wsi_sam.cli import main
 from napari_wsi_sam.errors import PromptError
 from napari_wsi_sam.evaluation.instances import cut_to, match_instances
-from napari_wsi_sam.pipeline.auto_segment import (
-    Accepted,
-    AutoSettings,
-    as_region,
-    fit_region,
-    plan_crops,
-    region_points,
-)
+from napari_wsi_sam.pipeline.auto_grid import AutoSettings, plan_crops, region_points
+from napari_wsi_sam.pipeline.auto_region import Accepted, as_region, fit_region
 from napari_wsi_sam.slide import open_slide
 from napari_wsi_sam.store import ObjectStore
 
@@ -92,7 +86,8 @@ def test_duplicates_are_judged_by_the_smaller_object():
 
 
 def test_stored_regions_larger_than_a_run_can_make_swallow_nothing(nest, tmp_path):
-    from napari_wsi_sam.pipeline.auto_segment import largest_object_px, stored_in_region
+    from napari_wsi_sam.pipeline.auto_grid import largest_object_px
+    from napari_wsi_sam.pipeline.auto_region import stored_in_region
     from napari_wsi_sam.store.files import open_store
 
     with open_slide(nest, mpp=0.5) as slide, open_store(slide, folder=tmp_path) as store:
@@ -128,8 +123,9 @@ def test_segment_auto_finds_the_nuclei_of_a_region_and_a_rerun_adds_none(nest, t
 
     out, labels = tmp_path / "nuclei.geojson", tmp_path / "labels"
     args = ["segment", str(nest), "--auto", "--region", *map(str, REGION), "--mpp", NEST_MPP,
-            "--head", "hgsc_nuclei", "--class", "nucleus", "--device", "cpu",
-            "--points-per-side", "32", "--min-score", "0.8", "--min-stability", "0.8",
+            "--method", "grid", "--head", "hgsc_nuclei", "--class", "nucleus",
+            "--device", "cpu", "--points-per-side", "32", "--min-score", "0.8",
+            "--min-stability", "0.8",
             "--duplicate-overlap", "0.7",  # the best 32-grid of the first tuning: 4x faster
             "--labels", str(labels), "--out", str(out)]
     assert main(args) == 0
@@ -165,6 +161,15 @@ def test_segment_auto_finds_the_nuclei_of_a_region_and_a_rerun_adds_none(nest, t
     (["--auto", "--region", "0", "0", "9", "9", "--min-score", "2"], "minimum score must lie"),
     (["--auto", "--region", "2000", "2000", "2100", "2100"], "outside the 1500x1500 px slide"),
     (["--auto", "--region", "9", "9", "0", "0"], "empty or inverted"),
+    (["--auto", "--region", "0", "0", "9", "9", "--points-per-side", "16"],
+     "apply to --method grid only"),
+    (["--auto", "--region", "0", "0", "9", "9", "--method", "grid", "--refine"],
+     "apply to --method decoder only"),
+    (["--auto", "--region", "0", "0", "9", "9", "--decoder", "nonesuch"],
+     "unknown instance decoder 'nonesuch'"),
+    (["--auto", "--region", "0", "0", "9", "9", "--hr-mpp", "1.0"],
+     "no instance decoder works at 10x"),
+    (["--box", "0", "0", "10", "10", "--method", "grid"], "apply to --auto only"),
 ])
 def test_segment_auto_user_errors_are_one_line(nest, tmp_path, capsys, extra, message):
     try:

@@ -235,6 +235,7 @@ def test_segment_all_in_a_drawn_region_one_undo_and_cancel(make_napari_viewer, q
                                                            slide_copy):
     viewer, widget = open_annotator(make_napari_viewer, slide_copy)
     session, store = widget.session, widget.session.store
+    widget._segment_all_method.value = "grid"
     press = widget._segment_all.native.click
     press()  # no region yet: the region layer comes, ready for a rectangle
     region_layer = viewer.layers[REGION_LAYER]
@@ -279,6 +280,54 @@ def test_segment_all_in_a_drawn_region_one_undo_and_cancel(make_napari_viewer, q
     assert kept and f"the {len(kept)} new objects so far are kept" in widget.status
     polygon = Polygon(FOLLICLE_AND_ARM)
     assert all(polygon.buffer(1).covers(store.get(i).geometry) for i in kept)
+    assert widget.progress.native.isHidden()
+
+
+# Segment all by the instance decoder (the default) runs at its own 40x: one tile around the
+# follicle, then a region three tiles wide to cancel in.
+DECODER_ONE_TILE = (1150.0, 1950.0, 1450.0, 2250.0)
+DECODER_THREE_TILES = (900.0, 1950.0, 2000.0, 2250.0)
+
+
+def test_segment_all_by_the_decoder_one_undo_and_cancel_keeps_tiles(make_napari_viewer, qtbot,
+                                                                    slide_copy):
+    viewer, widget = open_annotator(make_napari_viewer, slide_copy)
+    session, store = widget.session, widget.session.store
+    assert widget._segment_all_method.value == "decoder"
+    press = widget._segment_all.native.click
+    press()
+    region_layer = viewer.layers[REGION_LAYER]
+    scale = viewer.layers[0].scale
+    region_layer.add_rectangles(box_to_world_corners(np.asarray(DECODER_ONE_TILE), scale=scale)
+                                / region_layer.scale)
+    widget.class_name.value = "other"
+    press()
+    wait_idle(widget, qtbot)
+    ids = store.ids()
+    assert ids and f"{len(ids)} new objects in the region" in widget.status, widget.status
+    region = shapely_box(*DECODER_ONE_TILE)
+    labels = viewer.layers[class_layer_name("other")]
+    for obj in map(store.get, ids):
+        assert obj.model == "instance-decoder" and obj.prompt["method"] == "decoder"
+        assert obj.prompt["hr_mpp"] == 0.25 and region.buffer(1).covers(obj.geometry)
+        assert (level0(labels, obj.bounds) == obj.id).any()
+    press()  # again: nothing new, everything found again
+    wait_idle(widget, qtbot)
+    assert store.ids() == ids and "were there already" in widget.status, widget.status
+    widget.undo()
+    wait_idle(widget, qtbot)
+    assert store.count() == 0
+    region_layer.selected_data = set(range(len(region_layer.data)))
+    region_layer.remove_selected()
+    region_layer.add_rectangles(box_to_world_corners(np.asarray(DECODER_THREE_TILES),
+                                                     scale=scale) / region_layer.scale)
+    press()
+    qtbot.waitUntil(lambda: len(session.queue) == 0, timeout=30_000)
+    widget.cancel()
+    wait_idle(widget, qtbot)
+    assert "cancelled after tile 1 of 3" in widget.status, widget.status
+    kept = store.ids()
+    assert f"the {len(kept)} new objects so far are kept" in widget.status
     assert widget.progress.native.isHidden()
 
 

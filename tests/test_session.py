@@ -12,7 +12,7 @@ from shapely.geometry import box, shape
 
 from napari_wsi_sam.model import registry
 from napari_wsi_sam.pipeline import items_from_store
-from napari_wsi_sam.pipeline.auto_segment import AutoSettings
+from napari_wsi_sam.pipeline.auto_grid import AutoSettings
 from napari_wsi_sam.session import (
     AnnotationSession,
     BatchRequest,

@@ -14,12 +14,26 @@ import sys
 from ..errors import AnnotationError, PromptError, StoreError
 from . import args as argtypes
 
+METHODS = ("decoder", "grid")
+GRID_ONLY = (("--points-per-side", "points_per_side"), ("--min-score", "min_score"),
+             ("--min-stability", "min_stability"))
+DECODER_ONLY = (("--decoder", "decoder"), ("--refine", "refine"))
+
 
 def add_auto_arguments(parser: argparse.ArgumentParser) -> None:
     """The --region and the Segment all settings (defaults: `AutoSettings`, docs/results.md)."""
     group = parser.add_argument_group("segment all (--auto)")
     group.add_argument("--region", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
                        help="with --auto: the region to segment, level-0 pixels")
+    group.add_argument("--method", choices=METHODS, default=None,
+                       help="decoder (default): the instance decoder, one pass a tile; grid: "
+                            "a grid of point prompts through the model (slow)")
+    group.add_argument("--decoder", default=None,
+                       help="instance decoder: a name from `napari-wsi-sam heads list` or a "
+                            "decoder .pt file (default: the best held out at the scale)")
+    group.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                       help="send each decoder proposal through WSI-SAM for its final outline "
+                            "(default: what measured best held out, docs/results.md)")
     group.add_argument("--points-per-side", type=argtypes.count(1, 256, "points per side"),
                        default=None,
                        help="grid points per HR crop side (default 64; 32 is 4x faster)")
@@ -45,7 +59,7 @@ def auto_settings(args: argparse.Namespace):
     """`AutoSettings` from the flags given, the defaults for the rest (one-line errors)."""
     from dataclasses import replace
 
-    from ..pipeline.auto_segment import AutoSettings
+    from ..pipeline.auto_grid import AutoSettings
 
     given = {"points_per_side": args.points_per_side, "min_score": args.min_score,
              "min_stability": args.min_stability,
@@ -65,7 +79,23 @@ def check_auto_args(args: argparse.Namespace) -> None:
     if args.force:
         raise PromptError("--force does not apply to --auto: a rerun finds the objects it made "
                           "and adds none (delete objects in the widget to redo them)")
+    method = args.method or "decoder"
+    wrong = GRID_ONLY if method == "decoder" else DECODER_ONLY
+    given = [flag for flag, name in wrong if getattr(args, name) is not None]
+    if given:
+        other = "grid" if method == "decoder" else "decoder"
+        raise PromptError(f"{', '.join(given)} apply to --method {other} only; this run uses "
+                          f"--method {method}")
     auto_settings(args)
+
+
+def decoder_settings(args: argparse.Namespace, *, refine: bool):
+    """`DecoderSettings` from the flags given."""
+    from ..pipeline.auto_decoder import DecoderSettings
+
+    given = {"duplicate_overlap": args.duplicate_overlap, "min_area_um2": args.min_area,
+             "max_area_um2": args.max_area}
+    return DecoderSettings(refine=refine, **{k: v for k, v in given.items() if v is not None})
 
 
 def check_not_auto(args: argparse.Namespace) -> None:
@@ -74,21 +104,78 @@ def check_not_auto(args: argparse.Namespace) -> None:
         ("--region", args.region), ("--points-per-side", args.points_per_side),
         ("--min-score", args.min_score), ("--min-stability", args.min_stability),
         ("--duplicate-overlap", args.duplicate_overlap), ("--min-area", args.min_area),
-        ("--max-area", args.max_area)) if value is not None]
+        ("--max-area", args.max_area), ("--method", args.method),
+        ("--decoder", args.decoder), ("--refine", args.refine)) if value is not None]
     if given:
         raise PromptError(f"{', '.join(given)} apply to --auto only (Segment all)")
 
 
-def segment_auto(args: argparse.Namespace, *, choice, hr_mpp: float) -> int:
+def resolve_auto(args: argparse.Namespace):
+    """(method, choice, hr_mpp, decoder entry or None, refine) of an --auto run.
+
+    The decoder method runs at the decoder's scale unless --hr-mpp or --head say otherwise
+    (then a decoder of that scale is needed); the model that refines (and that the grid
+    method prompts) is the registry's choice at that scale."""
+    from ..model.instance_registry import (
+        InstanceDecoderEntry,
+        default_instance_decoder,
+        find_instance_decoder,
+    )
+    from ..scale import same_scale, scale_text
+    from .model_args import resolve_model
+
+    method = args.method or "decoder"
+    if method == "grid":
+        choice, hr_mpp = resolve_model(args)
+        return method, choice, hr_mpp, None, False
+    entry: InstanceDecoderEntry | None
+    if args.decoder is not None:
+        entry = find_instance_decoder(args.decoder)
+    elif args.hr_mpp is None and args.head is None:
+        entry = default_instance_decoder()
+    else:
+        _, wanted = resolve_model(args)
+        entry = default_instance_decoder(wanted)
+        if entry is None:
+            raise PromptError(f"no instance decoder works at {scale_text(wanted)}; train one "
+                              "(napari-wsi-sam train --task instances) or use --method grid")
+    if entry is None:
+        raise PromptError("no instance decoder is installed; train one (napari-wsi-sam train "
+                          "--task instances) or use --method grid")
+    if args.hr_mpp is not None and not same_scale(args.hr_mpp, entry.hr_mpp):
+        raise PromptError(f"the decoder {entry.name} works at {scale_text(entry.hr_mpp)}, not "
+                          f"--hr-mpp {args.hr_mpp:g}; leave --hr-mpp out or pick another "
+                          "decoder")
+    saved = args.hr_mpp
+    args.hr_mpp = entry.hr_mpp
+    try:
+        choice, hr_mpp = resolve_model(args)
+    finally:
+        args.hr_mpp = saved
+    refine = args.refine if args.refine is not None else default_refine(entry)
+    return method, choice, hr_mpp, entry, refine
+
+
+def default_refine(entry) -> bool:
+    """Refine by default when the decoder's held-out record says refining won there."""
+    heldout = entry.heldout or {}
+    return bool(heldout.get("refine_wins", False))
+
+
+def segment_auto(args: argparse.Namespace) -> int:
     from ..model.build import build_predictor
+    from ..model.instance_model import InstanceModel
     from ..pipeline import Provenance, export_objects
-    from ..pipeline.auto_segment import fit_region, segment_all
+    from ..pipeline.auto_decoder import segment_all_decoder
+    from ..pipeline.auto_grid import segment_all
+    from ..pipeline.auto_region import fit_region
     from ..pipeline.embedding_store import attach as attach_embeddings
     from ..pipeline.objects import image_of
     from ..slide import open_slide
+    from ..slide.tissue import tissue_mask
     from ..store.files import open_store
 
-    settings = auto_settings(args)
+    _, choice, hr_mpp, entry, refine = resolve_auto(args)
     with open_slide(args.slide, mpp=args.mpp, backend=args.backend) as slide:
         mpp = slide.require_mpp()
         region = fit_region(slide, args.region)  # refused before the store or the model
@@ -104,9 +191,24 @@ def segment_auto(args: argparse.Namespace, *, choice, hr_mpp: float) -> int:
                 known = len(store.classes())
                 store.set_class(args.class_name, palette_color(args.class_name, known))
             predictor = attach_embeddings(build_predictor(choice, device=args.device))
-            run = segment_all(slide, region, predictor, store=store, class_name=args.class_name,
-                              hr_mpp=hr_mpp, settings=settings,
-                              provenance=Provenance.of(choice, hr_mpp=hr_mpp))
+            if entry is not None:
+                model = InstanceModel.load(entry.path, device=predictor.device)
+                provenance = (Provenance.of(choice, hr_mpp=hr_mpp) if refine
+                              else Provenance("instance-decoder", entry.name, hr_mpp=hr_mpp))
+                run = segment_all_decoder(
+                    slide, region, model, predictor, store=store, class_name=args.class_name,
+                    hr_mpp=hr_mpp, settings=decoder_settings(args, refine=refine),
+                    provenance=provenance, tissue=tissue_mask(slide))
+                what = f"decoder {entry.name}" + (f" refined by {choice.label}" if refine else "")
+                unit = "tile"
+            else:
+                run = segment_all(slide, region, predictor, store=store,
+                                  class_name=args.class_name, hr_mpp=hr_mpp,
+                                  settings=auto_settings(args),
+                                  provenance=Provenance.of(choice, hr_mpp=hr_mpp))
+                what, unit = choice.label, "crop"
+            print(f"napari-wsi-sam: segment all with {what} at {hr_mpp:g} µm/px",
+                  file=sys.stderr)
             ids: list[int] = []
             found: tuple[int, ...] = ()
             try:
@@ -115,8 +217,9 @@ def segment_auto(args: argparse.Namespace, *, choice, hr_mpp: float) -> int:
                     found = step.found
                     eta = ("" if step.seconds_left is None
                            else f", about {step.seconds_left:.0f} s left")
-                    print(f"[crop {step.done}/{step.total}] {len(step.ids)} objects from "
-                          f"{step.points} points ({step.added} so far){eta}", file=sys.stderr)
+                    source = "" if entry is not None else f" from {step.points} points"
+                    print(f"[{unit} {step.done}/{step.total}] {len(step.ids)} objects{source} "
+                          f"({step.added} so far){eta}", file=sys.stderr)
             except KeyboardInterrupt:
                 run.close()
                 print(f"napari-wsi-sam: interrupted; keeping the {len(ids)} objects done",
@@ -126,9 +229,10 @@ def segment_auto(args: argparse.Namespace, *, choice, hr_mpp: float) -> int:
                       "kept (found again, not repeated)", file=sys.stderr)
             every = sorted({*ids, *found})
             if not every:
-                raise PromptError(f"no object found in the region {args.region} with "
-                                  f"{choice.label}; lower --min-score, or check --hr-mpp "
-                                  "against the objects' size")
+                hint = ("check --hr-mpp against the objects' size" if entry is None
+                        else "check that the region holds tissue and the decoder's structure")
+                raise PromptError(f"no object found in the region {args.region} with {what}; "
+                                  f"{hint}")
             try:
                 written = export_objects(store, args.out, image=image_of(slide), mpp=mpp,
                                          ids=None if args.all else every)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from . import args as argtypes
-from .segment import add_model_arguments
+from .model_args import add_model_arguments
 
 BATCH_EPILOG = """\
 manifest columns: slide,prompts,out and optionally class,model,head,hr_mpp,mpp (paths relative
@@ -131,7 +131,7 @@ def _with_defaults(row, args: argparse.Namespace):
 def _precompute(args: argparse.Namespace) -> int:
     from ..cohort.executor import open_executor
     from ..cohort.precompute import run_precompute
-    from .segment import resolve_model
+    from .model_args import resolve_model
 
     choice, hr_mpp = resolve_model(args)
     with open_executor(workers=_workers(args), scheduler=args.scheduler,

@@ -21,7 +21,7 @@ from ..polygons import mask_to_geometry
 from ..prompts import Prompt
 from ..slide import CropPairCache, open_slide
 from . import args as argtypes
-from .segment import add_model_arguments, resolve_model
+from .model_args import add_model_arguments, resolve_model
 from .slide import make_output_folder, slide_info, write_crops
 
 SAMPLE_BOX = (1185.0, 1980.0, 1345.0, 2185.0)

@@ -48,14 +48,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from ..model.instance_registry import default_instance_decoder, instance_decoders
     from ..model.registry import default_rule, heads
 
     known = heads()
+    decoders = instance_decoders()
+    best = default_instance_decoder()
     if args.json:
         rows = [{"name": h.name, "source": h.source, "path": str(h.path), "label": h.label,
                  "settings": h.settings.to_dict()} for h in known]
-        print(json.dumps({"heads": rows, "defaults": default_rule(known)}, indent=2,
-                         ensure_ascii=False))
+        decoder_rows = [{"name": d.name, "source": d.source, "path": str(d.path),
+                         "default": best is not None and d.path == best.path,
+                         "settings": d.settings.to_dict()} for d in decoders]
+        print(json.dumps({"heads": rows, "defaults": default_rule(known),
+                          "instance_decoders": decoder_rows}, indent=2, ensure_ascii=False))
         return 0
     for head in known:
         print("\n".join(describe(head)))
@@ -64,6 +70,15 @@ def _list(args: argparse.Namespace) -> int:
     for name, entry in default_rule(known)["magnifications"].items():
         model = entry["model"] + (f" (head {entry['head']})" if entry["head"] else "")
         print(f"  {name:>4}: {model} - {entry['reason']}")
+    print()
+    print("instance decoders (Segment all, `segment --auto`):")
+    if not decoders:
+        print("  none; train one with `napari-wsi-sam train --task instances`")
+    for decoder in decoders:
+        mark = "  (default)" if best is not None and decoder.path == best.path else ""
+        print(f"  {decoder.name}  [{decoder.source}]  {decoder.summary()}{mark}")
+        print(f"    file: {decoder.path}")
+        print(f"    trained on: {decoder.settings.training_data or 'not recorded'}")
     return 0
 
 

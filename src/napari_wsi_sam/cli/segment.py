@@ -17,10 +17,10 @@ import numpy as np
 
 from ..errors import AnnotationError, PromptError, StoreError
 from ..formats.registry import check_export_path
-from ..model.registry import MODEL_NAMES
 from ..prompts import Prompt
 from . import args as argtypes
 from .auto import add_auto_arguments, check_auto_args, check_not_auto, segment_auto
+from .model_args import add_model_arguments, resolve_model
 
 EPILOG = """\
 coordinates are level-0 slide pixels (x, y), boxes X0 Y0 X1 Y1.
@@ -29,8 +29,8 @@ examples:
   napari-wsi-sam segment slide.svs --box 1185 1980 1345 2185 --negative-point 1300 2150 \\
       --class follicle --out follicle.geojson
   napari-wsi-sam segment slide.svs --prompts coarse.geojson --out refined.geojson
-  napari-wsi-sam segment slide.svs --auto --region 0 0 2048 2048 --head hgsc_nuclei \
-      --class nucleus --out nuclei.geojson
+  napari-wsi-sam segment slide.svs --auto --region 0 0 2048 2048 --class nucleus \
+      --out nuclei.geojson              (the instance decoder; --method grid: point prompts)
 objects are added to the object store (--labels, default <slide stem>.wsi-sam/ beside the
 slide); --out gets the objects of this run only, or every live object of the store with
 --all. A rerun after a crash skips what was done (resume); --force redoes it.
@@ -49,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="batch: refine every Polygon/MultiPolygon of a QuPath GeoJSON file "
                              "(its bounds as the box, its class kept)")
     source.add_argument("--auto", action="store_true",
-                        help="segment all: every object in --region, from a grid of points")
+                        help="segment all: every object in --region (the instance decoder, or "
+                             "--method grid)")
     parser.add_argument("--point", type=float, nargs=2, action="append", default=[],
                         metavar=("X", "Y"), help="positive point (with --box; repeatable)")
     parser.add_argument("--negative-point", type=float, nargs=2, action="append", default=[],
@@ -80,31 +81,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_segment)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model, --head and --hr-mpp, read by `model.registry.resolve` (segment and demo)."""
-    parser.add_argument("--model", default=None, choices=MODEL_NAMES,
-                        help="model to run (default: the one that measured best held out at "
-                             "the HR magnification, docs/results.md; sam where none was "
-                             "measured)")
-    parser.add_argument("--head", default=None, metavar="NAME_OR_PATH",
-                        help="WSI-SAM head: a name from `napari-wsi-sam heads list` or a head "
-                             ".pt file (implies --model wsi-sam; its scale is the default "
-                             "--hr-mpp)")
-    parser.add_argument("--hr-mpp", type=argtypes.hr_mpp, default=None,
-                        help="HR crop µm/px (default: the head's scale, else 1.0 = 10x; LR is "
-                             "twice that)")
-
-
-def resolve_model(args: argparse.Namespace) -> tuple:
-    """(choice, hr_mpp) for the model arguments; the scale warning goes to stderr."""
-    from ..model.registry import resolve
-
-    resolved = resolve(args.model, head=args.head, hr_mpp=args.hr_mpp)
-    if resolved.warning:
-        print(f"napari-wsi-sam: warning: {resolved.warning}", file=sys.stderr)
-    return resolved.choice, resolved.hr_mpp
-
-
 def _segment(args: argparse.Namespace) -> int:
     from ..model.build import build_predictor
     from ..pipeline import BatchItem, export_objects, items_from_geojson
@@ -115,9 +91,9 @@ def _segment(args: argparse.Namespace) -> int:
     from ..store.files import open_store
 
     _check_args(args)
-    choice, hr_mpp = resolve_model(args)
     if args.auto:
-        return segment_auto(args, choice=choice, hr_mpp=hr_mpp)
+        return segment_auto(args)
+    choice, hr_mpp = resolve_model(args)
     if args.prompts is not None:
         items, skipped = items_from_geojson(args.prompts)
         if not items:

@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
                         help="train on the objects of these classes only (default: all)")
     parser.add_argument("--out", type=Path, required=True, help="folder for checkpoints and logs")
+    parser.add_argument("--task", choices=["head", "instances"], default="head",
+                        help="head: a WSI-SAM head for prompts (default); instances: the "
+                             "instance decoder Segment all uses (docs/segment_all.md)")
     parser.add_argument("--mode", choices=["wsi-sam", "sam-decoder"], default="wsi-sam",
                         help="wsi-sam: the new head; sam-decoder: fine-tune SAM's decoder (SAM*)")
     parser.add_argument("--lambda", dest="lam", type=float, default=0.5,
@@ -37,9 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="LR µm/px = HR x this")
     parser.add_argument("--mpp", type=argtypes.slide_mpp, default=None,
                         help="µm/px of images whose files carry none")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--views-per-image", type=int, default=24,
-                        help="crop pairs planned per image (each encoded once)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="default 6 for a head, 20 for an instance decoder")
+    parser.add_argument("--views-per-image", type=int, default=None,
+                        help="crop pairs planned per image (each encoded once; default 24 for "
+                             "a head, 48 for an instance decoder)")
     parser.add_argument("--objects-per-view", type=int, default=12,
                         help="objects trained per crop pair per epoch")
     parser.add_argument("--batch", type=int, default=4, help="objects per optimiser step")
@@ -72,10 +77,12 @@ def _train(args: argparse.Namespace) -> int:
     from ..train.trainer import TrainConfig, train
 
     data = load_data(args.data, mpp=args.mpp, classes=args.classes)
+    if args.task == "instances":
+        return _instances(args, data)
     head = HeadSettings(config=HeadConfig(aggregation=args.aggregation), lam=args.lam,
                         hr_mpp=args.hr_mpp, lr_factor=args.lr_factor)
-    config = TrainConfig(mode=args.mode, head=head, epochs=args.epochs,
-                         views_per_image=args.views_per_image,
+    config = TrainConfig(mode=args.mode, head=head, epochs=args.epochs or 6,
+                         views_per_image=args.views_per_image or 24,
                          objects_per_view=args.objects_per_view, batch=args.batch, lr=args.lr,
                          weight_decay=args.weight_decay, seed=args.seed,
                          data=", ".join(args.data))
@@ -125,6 +132,50 @@ def _own_head(args: argparse.Namespace, data: list, config) -> int:
     if args.install:
         head = install_head(trained.path, name=args.install)
         summary["installed"] = f"{head.name} ({head.label})"
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    print(f"napari-wsi-sam: {trained.summary()}", file=sys.stderr)
+    return 0
+
+
+def _instances(args: argparse.Namespace, data: list) -> int:
+    """An instance decoder, always measured on held-out blocks (and installed when asked)."""
+    import sys
+
+    from ..errors import TrainingError
+    from ..model.instance_registry import default_instance_decoder, install_instance_decoder
+    from ..session.own_instances import HELDOUT_FRACTION, train_and_measure_instances
+    from ..train.instance_trainer import InstanceTrainConfig
+
+    wrong = [flag for flag, given in (("--mode sam-decoder", args.mode != "wsi-sam"),
+                                      ("--init-head", args.init_head is not None),
+                                      ("--resume", args.resume)) if given]
+    if wrong:
+        raise TrainingError(f"{', '.join(wrong)} apply to --task head only")
+    for flag, value in (("--epochs", args.epochs), ("--views-per-image", args.views_per_image)):
+        if value is not None and value < 1:
+            raise TrainingError(f"{flag} must be >= 1, got {value}")
+    config = InstanceTrainConfig(hr_mpp=args.hr_mpp, lr_factor=args.lr_factor,
+                                 epochs=args.epochs or 20,
+                                 views_per_image=args.views_per_image or 48, seed=args.seed)
+    fraction = args.heldout if args.heldout is not None else HELDOUT_FRACTION
+
+    def report(step) -> None:
+        if not args.no_progress:
+            print(f"\repoch {step.epoch}/{step.epochs}, step {step.step}/{step.steps}, loss "
+                  f"{step.loss:.3f}, about {step.seconds_left / 60:.1f} min left", end="",
+                  file=sys.stderr, flush=True)
+
+    trained = train_and_measure_instances(data, args.out, config=config, fraction=fraction,
+                                          seed=args.seed, device=args.device,
+                                          feature_dir=args.features, on_step=report)
+    print(file=sys.stderr)
+    summary: dict[str, object] = {"model": str(trained.path), "heldout": trained.heldout,
+                                  "trained_on": trained.split.describe()}
+    if args.install:
+        entry = install_instance_decoder(trained.path, name=args.install)
+        best = default_instance_decoder(entry.hr_mpp)
+        summary["installed"] = entry.name
+        summary["default_at_its_scale"] = best is not None and best.path == entry.path
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     print(f"napari-wsi-sam: {trained.summary()}", file=sys.stderr)
     return 0

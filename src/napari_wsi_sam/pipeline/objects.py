@@ -30,7 +30,8 @@ IMPORTED = "imported"
 
 def image_of(slide: Slide) -> ImageRef:
     """The slide as the image its objects belong to, for the formats that name it (COCO)."""
-    return ImageRef(name=Path(str(slide.path)).name, size=tuple(slide.dimensions),
+    width, height = slide.dimensions
+    return ImageRef(name=Path(str(slide.path)).name, size=(int(width), int(height)),
                     mpp=slide.mpp)
 
 

@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,8 @@ from ..pipeline import (
     segment_prompt,
     store_segmented,
 )
-from ..pipeline.auto_segment import AutoProgress, fit_region, segment_all
+from ..pipeline.auto_grid import AutoSettings, segment_all
+from ..pipeline.auto_region import AutoProgress, fit_region
 from ..pipeline.embedding_store import attach as attach_embeddings
 from ..prompts import Prompt
 from ..scale import DEFAULT_HR_MPP, scale_text
@@ -48,6 +50,7 @@ from ..store.object_store import ObjectStore, StoredObject
 from ..store.rendering import ObjectRasters
 from .classes import ClassRegistry
 from .requests import (
+    SEGMENT_ALL_METHODS,
     BatchRequest,
     BoxRequest,
     DeleteRequest,
@@ -86,6 +89,8 @@ class AnnotationSession:
         self._predictors: dict[tuple[str, str], Any] = {}
         self._mobile: Any = None  # MobileSAM's parts, loaded once and shared
         self._crop_cache = CropPairCache()
+        self._instance_model: Any = None
+        self._tissue: Any = None
         self._cancel = threading.Event()
         self.rasters.sync()
 
@@ -320,24 +325,70 @@ class AnnotationSession:
             yield Outcome(request, f"Batch done: {len(items) - errors} of {len(items)} gave "
                           f"an object ({errors} without one)", progress=(len(items),) * 2)
 
+    def instance_model(self) -> Any:
+        """The instance decoder Segment all uses: the registry's default at the session's
+        magnification, else the best one at any; loaded once."""
+        from ..model.instance_model import InstanceModel
+        from ..model.instance_registry import default_instance_decoder
+
+        entry = default_instance_decoder(self.hr_mpp) or default_instance_decoder()
+        if entry is None:
+            raise PromptError("no instance decoder is installed: pick the grid method for "
+                              "Segment all, or train one (Train head, task instances)")
+        if self._instance_model is None or self._instance_model.source != str(entry.path):
+            self._instance_model = InstanceModel.load(entry.path,
+                                                      device=self.predictor().device)
+        return self._instance_model
+
     def _segment_all(self, request: SegmentAllRequest) -> Iterator[Outcome]:
-        """Every object in the region, one outcome per crop (its objects already stored, so
-        a cancel keeps what was reported); the run is one change-log group: one undo."""
+        """Every object in the region, one outcome per tile or crop (its objects already
+        stored, so a cancel keeps what was reported); the run is one change-log group: one
+        undo."""
+        from ..pipeline.auto_decoder import DecoderSettings, segment_all_decoder
+        from ..slide.tissue import tissue_mask
+
+        method = request.chosen_method
+        if method not in SEGMENT_ALL_METHODS:
+            raise PromptError(f"unknown Segment all method {method!r}; use one of "
+                              f"{', '.join(SEGMENT_ALL_METHODS)}")
         region = fit_region(self.slide, request.region)  # off the slide: before the model
         self.classes.ensure_stored(self.current_class)
-        steps = segment_all(self.slide, region, self.predictor(), store=self.store,
-                            class_name=self.current_class, hr_mpp=self.hr_mpp,
-                            settings=request.settings, provenance=self.provenance(),
-                            crop_cache=self._crop_cache)
+        if method == "decoder":
+            model = self.instance_model()
+            if request.settings is not None and not isinstance(request.settings,
+                                                               DecoderSettings):
+                raise PromptError("grid settings were given to the decoder method; ask for "
+                                  "the grid method, or give DecoderSettings")
+            settings = request.settings or DecoderSettings()
+            refine = request.refine if request.refine is not None else bool(
+                (model.settings.heldout or {}).get("refine_wins", False))
+            settings = replace(settings, refine=refine)
+            provenance = (replace(self.provenance(), hr_mpp=model.settings.hr_mpp) if refine
+                          else Provenance("instance-decoder", model.name,
+                                          hr_mpp=model.settings.hr_mpp))
+            if self._tissue is None:
+                self._tissue = tissue_mask(self.slide)
+            steps = segment_all_decoder(self.slide, region, model, self.predictor(),
+                                        store=self.store, class_name=self.current_class,
+                                        settings=settings, provenance=provenance,
+                                        tissue=self._tissue, crop_cache=self._crop_cache)
+            unit = "tile"
+        else:
+            steps = segment_all(self.slide, region, self.predictor(), store=self.store,
+                                class_name=self.current_class, hr_mpp=self.hr_mpp,
+                                settings=request.settings if isinstance(
+                                    request.settings, AutoSettings) else None,
+                                provenance=self.provenance(), crop_cache=self._crop_cache)
+            unit = "crop"
         step: AutoProgress | None = None
         try:
             for step in steps:
-                yield Outcome(request, f"Segment all: crop {step.done}/{step.total}, "
+                yield Outcome(request, f"Segment all: {unit} {step.done}/{step.total}, "
                               f"{step.added} new objects so far", touched=self._sync(),
                               progress=(step.done, step.total),
                               seconds_left=step.seconds_left)
                 if self._cancel.is_set() and step.done < step.total:
-                    yield Outcome(request, f"Segment all cancelled after crop {step.done} of "
+                    yield Outcome(request, f"Segment all cancelled after {unit} {step.done} of "
                                   f"{step.total}: the {step.added} new objects so far are "
                                   "kept (Undo removes them)", progress=(step.done, step.total))
                     return

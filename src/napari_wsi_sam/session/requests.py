@@ -19,7 +19,8 @@ import numpy as np
 from ..pipeline.items import BatchItem
 
 if TYPE_CHECKING:
-    from ..pipeline.auto_segment import AutoSettings
+    from ..pipeline.auto_decoder import DecoderSettings
+    from ..pipeline.auto_grid import AutoSettings
     from ..polygons import Areal
 
 
@@ -73,13 +74,32 @@ class BatchRequest(Request):
     use_mask_prompts: bool = False
 
 
+SEGMENT_ALL_METHODS = ("decoder", "grid")
+"""decoder: the instance decoder, one pass a tile (`pipeline.auto_decoder`); grid: point
+prompts through the model (`pipeline.auto_grid`)."""
+
+
 @dataclass(frozen=True, eq=False)
 class SegmentAllRequest(Request):
     """Segment every object in a region (a shapely Polygon or MultiPolygon, level-0 px) as
-    objects of the current class; settings None: `AutoSettings`' defaults."""
+    objects of the current class. method: `SEGMENT_ALL_METHODS` (None: grid when the settings
+    are `AutoSettings`, else decoder); refine (decoder): each
+    proposal through the session's model (None: what the decoder measured best held out);
+    settings: `AutoSettings` (grid) or `DecoderSettings` (decoder), None: the defaults."""
 
     region: Areal
-    settings: AutoSettings | None = None
+    settings: AutoSettings | DecoderSettings | None = None
+    method: str | None = None
+    refine: bool | None = None
+
+    @property
+    def chosen_method(self) -> str:
+        """The method asked for; by default the one the settings are for, else decoder."""
+        if self.method is not None:
+            return self.method
+        from ..pipeline.auto_grid import AutoSettings
+
+        return "grid" if isinstance(self.settings, AutoSettings) else "decoder"
 
 
 @dataclass(frozen=True, eq=False)

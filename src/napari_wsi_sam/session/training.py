@@ -22,6 +22,7 @@ from ..scale import magnification, same_scale
 from ..train.datasets import AnnotatedImage, load_data, read_objects
 from ..train.heldout_split import plan_head
 from .own_head import TrainedHead, train_and_measure
+from .own_instances import TrainedInstances, train_and_measure_instances
 
 if TYPE_CHECKING:
     from .annotation_session import AnnotationSession
@@ -78,6 +79,42 @@ def train_head(session: AnnotationSession, classes: Iterable[str], *, more: Iter
                              init_head=continue_from, parts=session.mobile_parts(),
                              on_step=on_step, should_stop=should_stop, seed=seed,
                              structure=", ".join(classes))
+
+
+INSTANCE_EPOCHS = 20
+"""Passes of an instance decoder trained in the widget (its views are few: minutes a pass)."""
+
+
+def train_instances(session: AnnotationSession, classes: Iterable[str], *,
+                    more: Iterable[Path] = (), epochs: int = INSTANCE_EPOCHS,
+                    on_step: Callable[..., None] | None = None,
+                    should_stop: Callable[[], bool] | None = None, seed: int = 0
+                    ) -> TrainedInstances:
+    """Train an instance decoder on the annotated objects at the session's magnification and
+    measure it on held-out blocks (`session.own_instances`). Annotate every object of the
+    regions you annotate: the decoder learns that unannotated places near objects are
+    background."""
+    from ..train.instance_trainer import InstanceTrainConfig
+
+    classes = list(classes)
+    data = training_data(session, classes, more=more)
+    config = InstanceTrainConfig(hr_mpp=session.hr_mpp, epochs=epochs, seed=seed)
+    out = (cache_home() / "training" / Path(session.slide.path).stem
+           / f"instances-{time.strftime('%Y%m%d-%H%M%S')}")
+    return train_and_measure_instances(data, out, config=config, seed=seed,
+                                       device=session.device, parts=session.mobile_parts(),
+                                       structure=", ".join(classes), on_step=on_step,
+                                       should_stop=should_stop)
+
+
+def install_instances(session: AnnotationSession, trained: TrainedInstances) -> Any:
+    """Put a measured instance decoder into the registry; Segment all uses it where its
+    held-out PQ is the best at its magnification (`instance_registry`)."""
+    from ..model.instance_registry import install_instance_decoder
+
+    name = "-".join([Path(session.slide.path).stem, *trained.classes, "instances",
+                     magnification(trained.hr_mpp)])
+    return install_instance_decoder(trained.path, name=name)
 
 
 def install(session: AnnotationSession, trained: TrainedHead) -> registry.ModelChoice:

@@ -14,12 +14,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from magicgui.types import FileDialogMode
-from magicgui.widgets import CheckBox, FileEdit, Label, ProgressBar, PushButton, Select, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    Select,
+    SpinBox,
+)
 from napari.qt.threading import thread_worker
 
 from ..errors import WsiSamError
 from ..session import training
 from ..session.own_head import TrainedHead
+from ..session.own_instances import TrainedInstances
 from .workers import UserError
 
 if TYPE_CHECKING:
@@ -28,6 +38,8 @@ if TYPE_CHECKING:
     from .model_controls import ModelControls
 
 POLL_MS = 500
+HEAD = "head (prompts)"
+INSTANCES = "instance decoder (Segment all)"
 
 
 class Host(Protocol):
@@ -46,6 +58,11 @@ class TrainingPanel:
 
     def __init__(self, widget: Host) -> None:
         self.widget = widget
+        self.task = ComboBox(name="train_task", label="Train", choices=[HEAD, INSTANCES],
+                             value=HEAD,
+                             tooltip="head: WSI-SAM for box and point prompts; instance "
+                                     "decoder: what Segment all runs (annotate every object "
+                                     "of the regions you annotate)")
         self.classes = Select(name="train_classes", label="Train on", choices=self._choices,
                               tooltip="The classes whose objects the head learns")
         self.more = FileEdit(name="train_more", label="More data",
@@ -58,23 +75,25 @@ class TrainingPanel:
                               max=50, tooltip="Passes over the objects; 3 gives a first head "
                                               "in minutes on a laptop CPU")
         self.start_button = PushButton(name="train_head", text="Train head")
-        self.use_button = PushButton(name="use_head", text="Use this head", enabled=False)
+        self.use_button = PushButton(name="use_head", text="Use this head / decoder",
+                                     enabled=False)
         self.bar = ProgressBar(name="train_progress", label="Training", value=0, min=0, max=1,
                                visible=False)
         self.result = Label(name="train_result", label="Held out", value="")
         self.result.native.setWordWrap(True)
-        self.trained: TrainedHead | None = None
+        self.trained: TrainedHead | TrainedInstances | None = None
         self.worker: Any = None
         self._stop = threading.Event()
         self._last: StepReport | None = None
         self._timer: Any = None
+        self.task.changed.connect(self._on_task)
         self.start_button.changed.connect(lambda _=None: self.start())
         self.use_button.changed.connect(lambda _=None: self.use())
 
     @property
     def widgets(self) -> list[Any]:
-        return [self.classes, self.more, self.epochs, self.continue_from, self.start_button,
-                self.bar, self.result, self.use_button]
+        return [self.task, self.classes, self.more, self.epochs, self.continue_from,
+                self.start_button, self.bar, self.result, self.use_button]
 
     @property
     def busy(self) -> bool:
@@ -86,6 +105,12 @@ class TrainingPanel:
 
     def refresh(self) -> None:
         self.classes.reset_choices()
+
+    def _on_task(self, task: str) -> None:
+        """Each task's own default number of passes; a decoder never continues a head."""
+        self.epochs.value = (training.INSTANCE_EPOCHS if task == INSTANCES
+                             else training.EPOCHS)
+        self.continue_from.enabled = task == HEAD
 
     # ----------------------------------------------------------------- training
     def start(self) -> None:
@@ -107,14 +132,19 @@ class TrainingPanel:
             self.widget.report(str(error), "error")
             return
         epochs = int(self.epochs.value)
+        instances = self.task.value == INSTANCES
         self._stop.clear()
         self._last = None
         self.use_button.enabled = False
         self.bar.visible, self.bar.max = True, 0
 
         @thread_worker
-        def run() -> TrainedHead | UserError:
+        def run() -> TrainedHead | TrainedInstances | UserError:
             try:
+                if instances:
+                    return training.train_instances(session, classes, more=more,
+                                                    epochs=epochs, on_step=self._on_step,
+                                                    should_stop=self._stop.is_set)
                 return training.train_head(session, classes, more=more,
                                            continue_from=start_from, epochs=epochs,
                                            on_step=self._on_step,
@@ -127,7 +157,8 @@ class TrainingPanel:
         worker.finished.connect(self._finished)
         self.worker = worker
         self._timer = self._poll()
-        self.widget.report(f"Training a head on {', '.join(classes) or 'nothing'} at "
+        what = "an instance decoder" if instances else "a head"
+        self.widget.report(f"Training {what} on {', '.join(classes) or 'nothing'} at "
                            f"{session.hr_mpp:g} µm/px: you can go on annotating", "info")
         worker.start()
 
@@ -159,12 +190,19 @@ class TrainingPanel:
                              f" loss {step.loss:.3f}, about {step.seconds_left / 60:.1f} min "
                              "left")
 
-    def _done(self, outcome: TrainedHead | UserError) -> None:
+    def _done(self, outcome: TrainedHead | TrainedInstances | UserError) -> None:
         if isinstance(outcome, UserError):
             self.result.value = outcome.message
             self.widget.report(outcome.message, "error")
             return
         self.trained = outcome
+        if isinstance(outcome, TrainedInstances):
+            self.result.value = outcome.summary()
+            self.use_button.enabled = True
+            self.widget.report("Instance decoder trained and measured on held-out blocks; "
+                               "Use this decoder puts it in the registry for Segment all",
+                               "info")
+            return
         self.result.value = outcome.summary()
         self.use_button.enabled = True
         advice = ("it beat SAM: Use this head makes it the default at this magnification"
@@ -182,6 +220,17 @@ class TrainingPanel:
         session = self.widget.session
         if self.trained is None or session is None:
             self.widget.report("train a head first", "error")
+            return
+        if isinstance(self.trained, TrainedInstances):
+            try:
+                entry = training.install_instances(session, self.trained)
+            except WsiSamError as error:
+                self.widget.report(str(error), "error")
+                return
+            self.use_button.enabled = False
+            self.widget.report(f"Installed instance decoder {entry.name} "
+                               f"({self.trained.summary()}); Segment all uses the best held "
+                               "out at its magnification", "info")
             return
         try:
             choice = training.install(session, self.trained)

@@ -60,6 +60,10 @@ logger = logging.getLogger(__name__)
 
 CLASS_OBJECTS = "__objects_of_the_class__"
 """The batch source 'objects of the chosen class' (refined in place, a new version each)."""
+SEGMENT_ALL_CHOICES: dict[str, tuple[str, bool | None]] = {
+    "decoder": ("decoder", False), "decoder + refine": ("decoder", True),
+    "grid": ("grid", None)}
+"""The Segment all choice -> (session method, refine)."""
 
 __all__ = ["WsiSamWidget"]
 
@@ -106,6 +110,12 @@ class WsiSamWidget(Container):
         self._batch_masks = CheckBox(name="batch_masks", text="Use shapes as mask prompts",
                                      value=False)
         self._batch = PushButton(text="Batch refine")
+        self._segment_all_method = ComboBox(
+            name="segment_all_method", label="Segment all with",
+            choices=list(SEGMENT_ALL_CHOICES), value="decoder",
+            tooltip="decoder: the instance decoder, one pass a tile (fast); decoder + refine: "
+                    "each proposal through the chosen model too; grid: a grid of point "
+                    "prompts through the chosen model (slow)")
         self._segment_all = PushButton(
             text="Segment all",
             tooltip="Every object inside a region, as objects of the chosen class: draw a "
@@ -129,8 +139,9 @@ class WsiSamWidget(Container):
             self._slide_layer, self._slide_info, self._mpp, *self.models.widgets,
             self._threshold, self._device, self._class, self._new_class, self._class_color,
             self._labels_folder, self._live, self._boxes, self._segment, self._set_class,
-            self._delete, self._batch_layer, self._batch_masks, self._batch, self._segment_all,
-            self._cancel, self._undo, self._redo, self._export, self._import, self._outlines,
+            self._delete, self._batch_layer, self._batch_masks, self._batch,
+            self._segment_all_method, self._segment_all, self._cancel, self._undo, self._redo,
+            self._export, self._import, self._outlines,
             self._show_fields, *self.training.widgets, self._progress, self._status])
         self._connect()
         self._on_slide_layer(self._slide_layer.value)
@@ -377,7 +388,9 @@ class WsiSamWidget(Container):
                         f"'{layer.name}', then press Segment all again", "info")
             return
         slide_layer = self.annotator.slide_layer
-        self._submit(lambda _s: SegmentAllRequest(region_of(layer, slide_layer)))
+        method, refine = SEGMENT_ALL_CHOICES[self._segment_all_method.value]
+        self._submit(lambda _s: SegmentAllRequest(region_of(layer, slide_layer), method=method,
+                                                  refine=refine))
 
     def export_objects(self, path: Path | None = None) -> Path | None:
         """Every live object to QuPath GeoJSON, COCO or ASAP XML by the suffix (asks for a

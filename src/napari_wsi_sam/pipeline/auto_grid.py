@@ -1,4 +1,4 @@
-"""Segment all: every object in a region, from a grid of point prompts (automatic segmentation).
+"""Segment all by point prompts (``--method grid``): every object of a region from a grid of points.
 
 The region (level-0 px) is covered by a grid of points, ``points_per_side`` per HR crop side.
 Crops tile the region half a crop apart and each point goes to the nearest crop centre, so it
@@ -19,13 +19,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Generator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import shapely
 import torch
 from segment_anything.utils.amg import batched_mask_to_box
-from shapely.geometry import box as shapely_box
 from skimage.morphology import remove_small_holes, remove_small_objects
 from torchvision.ops import nms
 
@@ -37,6 +36,7 @@ from ..scale import CROP_SIZE
 from ..slide import CropPair, Slide
 from ..slide.crop_grid import CropPairCache, grid_step
 from ..store.object_store import ObjectStore
+from .auto_region import Accepted, AutoProgress, fit_region, stored_in_region
 from .items import Provenance
 from .objects import Outline
 from .segment import crop_pair, embedding_key, mask_to_level0
@@ -65,6 +65,7 @@ class AutoSettings:
         by the crop and dropped (the neighbouring crop sees them whole).
     multimask: take the best of SAM's three masks per point instead of its single mask.
     decoder_batch: points per decoder call.
+    suppress: skip grid points inside objects already found (by this run or stored).
     """
 
     points_per_side: int = 64
@@ -77,6 +78,7 @@ class AutoSettings:
     edge_px: int = 8
     multimask: bool = False
     decoder_batch: int = 64
+    suppress: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.points_per_side <= 256:
@@ -117,51 +119,6 @@ class Candidates:
     """(n,) stability score of each mask."""
     model: str
     score_kind: str
-
-
-@dataclass(frozen=True)
-class AutoProgress:
-    """After one crop: ``done`` of ``total`` crops, ``added`` objects stored so far by this
-    run, ``ids`` the ids stored for this crop, ``found`` the stored objects this run found
-    again so far (a rerun's, or ones made by hand), ``seconds_left`` estimated from the crops
-    done, ``points`` prompted in this crop."""
-
-    done: int
-    total: int
-    added: int
-    ids: tuple[int, ...]
-    seconds_left: float | None
-    found: tuple[int, ...] = ()
-    points: int = 0
-
-
-def as_region(region: Areal | Sequence[float]) -> Areal:
-    """A region as a polygon: an (x0, y0, x1, y1) box or a Polygon/MultiPolygon (level-0 px)."""
-    if isinstance(region, shapely.Geometry):
-        area = polygonal(region)
-    else:
-        values = [float(v) for v in region]
-        if len(values) != 4:
-            raise PromptError(f"a region is 4 numbers x0 y0 x1 y1, got {len(values)}")
-        x0, y0, x1, y1 = values
-        if not (x1 > x0 and y1 > y0):
-            raise PromptError(f"region {values} is empty or inverted; give x0 < x1 and y0 < y1")
-        area = shapely_box(x0, y0, x1, y1)
-    if area.is_empty or area.area <= 0:
-        raise PromptError("the region is empty; draw a rectangle or polygon around the objects")
-    return area
-
-
-def fit_region(slide: Slide, region: Areal | Sequence[float]) -> Areal:
-    """The region cut to the slide; one-line PromptError when nothing of it is on the slide."""
-    area = as_region(region)
-    width, height = slide.dimensions
-    cut = polygonal(shapely.intersection(area, shapely_box(0, 0, width, height)))
-    if cut.is_empty or cut.area <= 0:
-        bounds = [round(v, 1) for v in area.bounds]
-        raise PromptError(f"the region {bounds} lies outside the {width}x{height} px slide "
-                          f"{slide.path.name}")
-    return cut
 
 
 def region_points(slide: Slide, region: Areal, *, hr_mpp: float, points_per_side: int
@@ -205,16 +162,23 @@ def plan_crops(slide: Slide, region: Areal, *, hr_mpp: float, points_per_side: i
 
 
 def crop_candidates(slide: Slide, planned: CropPoints, predictor: object, *, hr_mpp: float,
-                    settings: AutoSettings, crop_cache: CropPairCache | None = None
-                    ) -> Iterator[Candidates]:
-    """The model's masks for every point of one crop, one `Candidates` per decoder batch."""
+                    settings: AutoSettings, crop_cache: CropPairCache | None = None,
+                    suppress: Accepted | None = None) -> Iterator[Candidates]:
+    """The model's masks for the points of one crop, one `Candidates` per decoder batch.
+
+    suppress: points inside an object it holds are not prompted (point suppression: each
+    batch is checked against the objects found so far, this crop's earlier batches too)."""
     first = Prompt(points=planned.points[:1])
     crops = crop_pair(slide, first, hr_mpp=hr_mpp, center=planned.center,
                       crop_cache=crop_cache)
-    local = crops.hr.map.to_crop(planned.points)
     key = embedding_key(slide, crops)
-    for start in range(0, len(local), settings.decoder_batch):
-        part = local[start:start + settings.decoder_batch]
+    for start in range(0, len(planned.points), settings.decoder_batch):
+        level0 = planned.points[start:start + settings.decoder_batch]
+        if suppress is not None:
+            level0 = level0[~suppress.covers(level0)]
+            if len(level0) == 0:
+                continue
+        part = crops.hr.map.to_crop(level0)
         prediction = predictor.predict(  # type: ignore[attr-defined]
             crops.hr.load, crops.lr.load, hr_to_lr=crops.hr_to_lr, cache_key=key,
             points=part[:, None, :], point_labels=np.ones((len(part), 1), np.int64),
@@ -223,7 +187,7 @@ def crop_candidates(slide: Slide, planned: CropPoints, predictor: object, *, hr_
             stability = prediction.scores
         else:
             stability = mask_stability(prediction.logits)
-        yield Candidates(crops, planned.points[start:start + len(part)], prediction.logits,
+        yield Candidates(crops, level0, prediction.logits,
                          prediction.scores, stability, prediction.model,
                          prediction.score_kind)
 
@@ -289,43 +253,6 @@ def _touches_inner_side(mask: np.ndarray, inner: tuple[bool, bool, bool, bool],
                 or (right and mask[:, -edge:].any()) or (bottom and mask[-edge:].any()))
 
 
-@dataclass
-class Accepted:
-    """Objects this run keeps and the stored ones it must not repeat, for de-duplication;
-    ``ids`` holds each stored object's id (None for one of this run's) and ``found`` the
-    stored objects a candidate matched (a rerun finds its own objects again)."""
-
-    overlap: float
-    geometries: list[Areal] = field(default_factory=list)
-    bounds: list[tuple[float, float, float, float]] = field(default_factory=list)
-    ids: list[int | None] = field(default_factory=list)
-    found: set[int] = field(default_factory=set)
-
-    def add(self, geometry: Areal, object_id: int | None = None) -> None:
-        self.geometries.append(geometry)
-        self.bounds.append(geometry.bounds)
-        self.ids.append(object_id)
-
-    def duplicates(self, geometry: Areal) -> bool:
-        """Whether `geometry` is an object already kept: an earlier one covers more than
-        ``overlap`` of the smaller of the two (a stored one is then recorded as found)."""
-        if not self.bounds:
-            return False
-        b = np.asarray(self.bounds)
-        x0, y0, x1, y1 = geometry.bounds
-        near = np.flatnonzero((b[:, 0] < x1) & (b[:, 2] > x0) & (b[:, 1] < y1) & (b[:, 3] > y0))
-        area = geometry.area
-        for i in near:
-            other = self.geometries[i]
-            shared = shapely.intersection(geometry, other).area
-            if shared > self.overlap * min(area, other.area):
-                stored = self.ids[i]
-                if stored is not None:
-                    self.found.add(stored)
-                return True
-        return False
-
-
 def crop_objects(slide: Slide, candidates: Candidates, *, settings: AutoSettings,
                  region: Areal, accepted: Accepted, hr_mpp: float) -> list[Outline]:
     """The new objects of one decoder batch: selected, cut to the region, not duplicates."""
@@ -348,21 +275,6 @@ def crop_objects(slide: Slide, candidates: Candidates, *, settings: AutoSettings
         out.append(Outline(geometry, float(candidates.scores[index]), candidates.score_kind,
                            candidates.model, prompt))
     return out
-
-
-def stored_in_region(store: ObjectStore, region: Areal, *, overlap: float, largest: float
-                     ) -> Accepted:
-    """The store's live objects near the region that a run could have made (at most
-    `largest` level-0 px²), so a rerun, or an object drawn by hand, is found again instead of
-    repeated, with the same rule a run applies to its own objects. Larger objects (the
-    region's own outline, tissue) are no duplicates of anything a run finds."""
-    accepted = Accepted(overlap)
-    x0, y0, x1, y1 = region.bounds
-    window = (int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1)))
-    for obj in store.query(window):
-        if obj.area <= largest:
-            accepted.add(obj.geometry, obj.id)
-    return accepted
 
 
 def largest_object_px(slide: Slide, *, settings: AutoSettings, hr_mpp: float) -> float:
@@ -412,7 +324,8 @@ def segment_all(
         ids: list[int] = []
         seen = 0
         for candidates in crop_candidates(slide, planned, predictor, hr_mpp=hr_mpp,
-                                          settings=settings, crop_cache=crop_cache):
+                                          settings=settings, crop_cache=crop_cache,
+                                          suppress=accepted if settings.suppress else None):
             seen += len(candidates.points)
             for outline in crop_objects(slide, candidates, settings=settings, region=area,
                                         accepted=accepted, hr_mpp=hr_mpp):
