@@ -889,3 +889,80 @@ def test_killed_cli_batch_resumes_without_duplicates(sample_slide, tmp_path):
     assert [r[0] for r in again] == [r[0] for r in rows], "--force made new objects"
     assert all(r[1] == 0 and r[2] == 2 for r in again), "--force should make version 2"
     check_tables(db)
+
+
+# ----------------------------------------------------------------------------- first writers
+FIRST_WRITER = """
+from napari_wsi_sam.slide import open_slide
+from napari_wsi_sam.store.files import open_store
+import shapely
+with open_slide(ARGS["slide"]) as slide:
+    shapes = [nucleus(seed, slide.dimensions) for seed in ARGS["seeds"]]
+    print("ready", flush=True)
+    sys.stdin.readline()  # every writer starts at once
+    with open_store(slide, folder=Path(ARGS["folder"])) as store:
+        store.add_many([NewObject(g, class_name=ARGS["name"]) for g in shapes])
+print("done", flush=True)
+"""
+
+
+def write_features(path: Path, dims: tuple[int, int], seeds: range) -> Path:
+    features = [{"type": "Feature", "properties": {"classification": {"name": "nucleus"}},
+                 "geometry": shapely.geometry.mapping(nucleus(seed, dims))} for seed in seeds]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return path
+
+
+def start_together(children: list[Child]) -> None:
+    for child in children:
+        child.wait_for("ready")
+    for child in children:
+        child.send("go")
+
+
+def test_twenty_rounds_of_three_first_writers_never_break_a_store(sample_slide, tmp_path):
+    """Three processes open a slide's store that does not exist yet, at the same moment, and
+    each adds its own objects: every round, all three succeed into one complete store."""
+    for attempt in range(20):
+        folder = tmp_path / f"round-{attempt}"
+        children = [Child.python(FIRST_WRITER, {
+            "slide": str(sample_slide), "folder": str(folder), "name": f"writer{k}",
+            "seeds": list(range(100 * k, 100 * k + 5))}) for k in range(3)]
+        start_together(children)
+        for child in children:
+            child.finish()
+        with ObjectStore.open(folder / DB_NAME, check=True) as store:
+            counts = {name: 0 for name in ("writer0", "writer1", "writer2")}
+            for obj in store.iter_live():
+                counts[obj.class_name] += 1
+            assert counts == dict.fromkeys(counts, 5), (attempt, counts)
+        assert sorted(p.name for p in folder.iterdir()
+                      if not p.name.startswith(DB_NAME + "-")) == [DB_NAME], attempt
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_three_cli_imports_at_once_keep_every_object(existing, sample_slide, tmp_path):
+    """``objects import`` three times at once (a new store, or one that holds 10 objects):
+    every run exits 0 and the store holds every object of every file."""
+    from napari_wsi_sam.slide import open_slide
+    from napari_wsi_sam.store.files import open_store
+
+    folder = tmp_path / "labels"
+    with open_slide(sample_slide) as slide:
+        dims = tuple(slide.dimensions)
+        if existing:
+            with open_store(slide, folder=folder) as store:
+                store.add_many([NewObject(nucleus(s, dims), class_name="before")
+                                for s in range(900, 910)])
+    files = [write_features(tmp_path / f"part{k}.geojson", dims, range(50 * k, 50 * k + 50))
+             for k in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-m", "napari_wsi_sam.cli", "objects", "import",
+                               str(sample_slide), str(f), "--labels", str(folder)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for f in files]
+    for proc in procs:
+        out, err = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0 and "50 objects imported" in out, err
+    with ObjectStore.open(folder / DB_NAME, check=True) as store:
+        assert store.count() == 150 + 10 * existing
+        assert len({o.id for o in store.iter_live()}) == store.count()
