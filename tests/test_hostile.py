@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -467,3 +468,55 @@ def test_crafted_checkpoints_run_no_code(loader, tmp_path, asset_path):
     with pytest.raises(WeightsError) as caught:
         load()
     assert not marker.exists() and "\n" not in str(caught.value)
+
+
+# -- slide paths that are not slide files ------------------------------------------------------
+def _odd_slide_path(kind: str, tmp_path: Path) -> Path:
+    if kind == "fifo":
+        path = tmp_path / "slide.svs"
+        os.mkfifo(path)
+    elif kind == "device":
+        path = Path("/dev/null")
+    elif kind == "directory":
+        path = tmp_path / "notes.zarr"
+        path.mkdir()
+        (path / "readme.txt").write_text("not a slide")
+    else:  # a symlink loop
+        path = tmp_path / "loop.svs"
+        path.symlink_to(tmp_path / "loop2.svs")
+        (tmp_path / "loop2.svs").symlink_to(path)
+    return path
+
+
+ODD_SLIDES = [("fifo", "is a named pipe (FIFO), not a slide file"),
+              ("device", "is a device, not a slide file"),
+              ("directory", "is a directory without an OME-Zarr image"),
+              ("symlink loop", "is a symlink loop")]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="FIFOs, /dev/null and symlinks: POSIX")
+@pytest.mark.parametrize(("kind", "expected", "command"), [
+    *[(kind, expected, ["info"]) for kind, expected in ODD_SLIDES],
+    (*ODD_SLIDES[0], ["objects", "import"]), (*ODD_SLIDES[0], ["segment"]),
+    (*ODD_SLIDES[3], ["objects", "import"])])
+def test_a_slide_path_that_is_no_slide_file_is_one_line_at_once(kind, expected, command,
+                                                                 tmp_path):
+    """A FIFO, a device, a non-Zarr folder or a symlink loop given as the slide: exit 2 with
+    one line, in a real process (opening a FIFO would hang it: the timeout catches that)."""
+    slide = _odd_slide_path(kind, tmp_path)
+    extra = {"info": [],
+             "objects": [str(_write_one_feature(tmp_path)), "--labels", str(tmp_path / "l")],
+             "segment": ["--box", "0", "0", "10", "10", "--out", str(tmp_path / "o.geojson"),
+                         "--labels", str(tmp_path / "l")]}[command[0]]
+    proc = subprocess.run([sys.executable, "-m", "napari_wsi_sam.cli", *command, str(slide),
+                           *extra], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert expected in proc.stderr and "does not exist" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "l" / "objects.sqlite").exists()
+
+
+def _write_one_feature(tmp_path: Path) -> Path:
+    path = tmp_path / "one.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection",
+                                "features": [_polygon(10, 10, 40, 40)]}))
+    return path
