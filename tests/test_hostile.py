@@ -520,3 +520,61 @@ def _write_one_feature(tmp_path: Path) -> Path:
     path.write_text(json.dumps({"type": "FeatureCollection",
                                 "features": [_polygon(10, 10, 40, 40)]}))
     return path
+
+
+# -- heads that are not heads ------------------------------------------------------------------
+def _install_head(path: Path, home: Path) -> subprocess.CompletedProcess:
+    """``napari-wsi-sam heads install PATH`` in a real process with its own cache."""
+    return subprocess.run([sys.executable, "-m", "napari_wsi_sam.cli", "heads", "install",
+                           str(path)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NAPARI_WSI_SAM_HOME": str(home)})
+
+
+def test_a_pickled_head_is_one_plain_line_and_runs_nothing(tmp_path):
+    import torch
+
+    from test_train import _Payload
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "napari-wsi-sam-head", "state_dict": _Payload(marker)}, evil)
+    proc = _install_head(evil, tmp_path / "home")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert ("not a head written by train (it holds Python objects, which are never loaded)"
+            in proc.stderr), proc.stderr
+    assert "Warning" not in proc.stderr and "weights_only" not in proc.stderr, proc.stderr
+    assert not marker.exists() and not list((tmp_path / "home").rglob("*.pt"))
+
+
+def _doctored_head(tmp_path: Path, kind: str) -> Path:
+    """The shipped head, with a ``../`` member added, or a member of 600 MB of zeros."""
+    import zipfile
+
+    from napari_wsi_sam.model.registry import shipped_heads
+
+    path = tmp_path / "doctored" / "head.pt"
+    path.parent.mkdir()
+    shutil.copyfile(shipped_heads()[0].path, path)
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        if kind == "../ member":
+            archive.writestr("../../outside.txt", "escaped")
+        else:
+            with archive.open("head/data/bomb", "w", force_zip64=True) as member:
+                zeros = bytes(2**20)
+                for _ in range(600):
+                    member.write(zeros)
+    return path
+
+
+@pytest.mark.parametrize(("kind", "expected"), [
+    ("../ member", "points outside the archive"),
+    ("zip bomb", "a zip bomb"),
+])
+def test_a_doctored_head_archive_is_refused_before_anything_is_extracted(kind, expected,
+                                                                         tmp_path):
+    path = _doctored_head(tmp_path, kind)
+    proc = _install_head(path, tmp_path / "home")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert expected in proc.stderr and "not a head written by train" in proc.stderr
+    assert not (tmp_path / "outside.txt").exists()
+    assert not list((tmp_path / "home").rglob("*.pt"))
