@@ -298,3 +298,47 @@ def test_package_import_stays_light():
         "assert not {'torch', 'napari', 'matplotlib', 'matplotlib.pyplot'} & set(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------------------- formula cells
+def test_csv_cells_a_spreadsheet_would_run_are_escaped_and_numbers_stay(three_models, tmp_path):
+    """A class named ``=HYPERLINK(...)`` (or starting with + - @ tab CR) is written as text
+    with a leading ', in every CSV of the report; Dice and counts stay numbers."""
+    import csv
+
+    hostile = ["=HYPERLINK(\"http://x\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)",
+               "\tTAB", "\rCR"]
+    records = three_models.copy()
+    names = {"neoplastic": hostile[0], "connective": hostile[1]}
+    records["class_name"] = records["class_name"].map(names)
+    records["dataset"] = hostile[3]
+    out = tmp_path / "out"
+    write_report(records, out, title="hostile", n_boot=50)
+    csvs = sorted(out.glob("*.csv"))
+    assert {p.name for p in csvs} >= {"dice_per_object.csv", "summary.csv"}
+    for path in csvs:
+        with path.open(newline="", encoding="utf-8") as handle:
+            for row in csv.reader(handle):
+                for cell in row:
+                    assert not cell.startswith(("=", "+", "@", "\t", "\r")), (path.name, cell)
+                    if cell.startswith("-"):
+                        float(cell)  # only a negative number may start with -
+    per_object = pd.read_csv(out / "dice_per_object.csv")
+    assert set(per_object["class_name"]) == {"'" + hostile[0], "'" + hostile[1]}
+    assert set(per_object["dataset"]) == {"'" + hostile[3]}
+    assert per_object["dice"].dtype.kind == "f" and per_object["object_id"].dtype.kind == "i"
+
+
+def test_cohort_report_escapes_formula_cells(tmp_path):
+    import csv
+
+    from napari_wsi_sam.cohort.report import SlideReport
+    from napari_wsi_sam.cohort.report import write_report as write_cohort
+
+    path = write_cohort(tmp_path / "report.csv", [
+        SlideReport(slide="=cmd|' /C calc'!A0", line=2, prompts=3, seconds=1.5,
+                    status="failed", error="@bad"),
+        SlideReport(slide="-5", line=3, objects=4)])
+    rows = list(csv.DictReader(path.open(newline="")))
+    assert rows[0]["slide"] == "'=cmd|' /C calc'!A0" and rows[0]["error"] == "'@bad"
+    assert rows[1]["slide"] == "-5" and rows[1]["objects"] == "4" and rows[0]["seconds"] == "1.5"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -467,3 +468,113 @@ def test_crafted_checkpoints_run_no_code(loader, tmp_path, asset_path):
     with pytest.raises(WeightsError) as caught:
         load()
     assert not marker.exists() and "\n" not in str(caught.value)
+
+
+# -- slide paths that are not slide files ------------------------------------------------------
+def _odd_slide_path(kind: str, tmp_path: Path) -> Path:
+    if kind == "fifo":
+        path = tmp_path / "slide.svs"
+        os.mkfifo(path)
+    elif kind == "device":
+        path = Path("/dev/null")
+    elif kind == "directory":
+        path = tmp_path / "notes.zarr"
+        path.mkdir()
+        (path / "readme.txt").write_text("not a slide")
+    else:  # a symlink loop
+        path = tmp_path / "loop.svs"
+        path.symlink_to(tmp_path / "loop2.svs")
+        (tmp_path / "loop2.svs").symlink_to(path)
+    return path
+
+
+ODD_SLIDES = [("fifo", "is a named pipe (FIFO), not a slide file"),
+              ("device", "is a device, not a slide file"),
+              ("directory", "is a directory without an OME-Zarr image"),
+              ("symlink loop", "is a symlink loop")]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="FIFOs, /dev/null and symlinks: POSIX")
+@pytest.mark.parametrize(("kind", "expected", "command"), [
+    *[(kind, expected, ["info"]) for kind, expected in ODD_SLIDES],
+    (*ODD_SLIDES[0], ["objects", "import"]), (*ODD_SLIDES[0], ["segment"]),
+    (*ODD_SLIDES[3], ["objects", "import"])])
+def test_a_slide_path_that_is_no_slide_file_is_one_line_at_once(kind, expected, command,
+                                                                 tmp_path):
+    """A FIFO, a device, a non-Zarr folder or a symlink loop given as the slide: exit 2 with
+    one line, in a real process (opening a FIFO would hang it: the timeout catches that)."""
+    slide = _odd_slide_path(kind, tmp_path)
+    extra = {"info": [],
+             "objects": [str(_write_one_feature(tmp_path)), "--labels", str(tmp_path / "l")],
+             "segment": ["--box", "0", "0", "10", "10", "--out", str(tmp_path / "o.geojson"),
+                         "--labels", str(tmp_path / "l")]}[command[0]]
+    proc = subprocess.run([sys.executable, "-m", "napari_wsi_sam.cli", *command, str(slide),
+                           *extra], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert expected in proc.stderr and "does not exist" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "l" / "objects.sqlite").exists()
+
+
+def _write_one_feature(tmp_path: Path) -> Path:
+    path = tmp_path / "one.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection",
+                                "features": [_polygon(10, 10, 40, 40)]}))
+    return path
+
+
+# -- heads that are not heads ------------------------------------------------------------------
+def _install_head(path: Path, home: Path) -> subprocess.CompletedProcess:
+    """``napari-wsi-sam heads install PATH`` in a real process with its own cache."""
+    return subprocess.run([sys.executable, "-m", "napari_wsi_sam.cli", "heads", "install",
+                           str(path)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NAPARI_WSI_SAM_HOME": str(home)})
+
+
+def test_a_pickled_head_is_one_plain_line_and_runs_nothing(tmp_path):
+    import torch
+
+    from test_train import _Payload
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "napari-wsi-sam-head", "state_dict": _Payload(marker)}, evil)
+    proc = _install_head(evil, tmp_path / "home")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert ("not a head written by train (it holds Python objects, which are never loaded)"
+            in proc.stderr), proc.stderr
+    assert "Warning" not in proc.stderr and "weights_only" not in proc.stderr, proc.stderr
+    assert not marker.exists() and not list((tmp_path / "home").rglob("*.pt"))
+
+
+def _doctored_head(tmp_path: Path, kind: str) -> Path:
+    """The shipped head, with a ``../`` member added, or a member of 600 MB of zeros."""
+    import zipfile
+
+    from napari_wsi_sam.model.registry import shipped_heads
+
+    path = tmp_path / "doctored" / "head.pt"
+    path.parent.mkdir()
+    shutil.copyfile(shipped_heads()[0].path, path)
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        if kind == "../ member":
+            archive.writestr("../../outside.txt", "escaped")
+        else:
+            with archive.open("head/data/bomb", "w", force_zip64=True) as member:
+                zeros = bytes(2**20)
+                for _ in range(600):
+                    member.write(zeros)
+    return path
+
+
+@pytest.mark.parametrize(("kind", "expected"), [
+    ("../ member", "points outside the archive"),
+    ("zip bomb", "a zip bomb"),
+])
+def test_a_doctored_head_archive_is_refused_before_anything_is_extracted(kind, expected,
+                                                                         tmp_path):
+    path = _doctored_head(tmp_path, kind)
+    proc = _install_head(path, tmp_path / "home")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert expected in proc.stderr and "not a head written by train" in proc.stderr
+    assert not (tmp_path / "outside.txt").exists()
+    assert not list((tmp_path / "home").rglob("*.pt"))

@@ -889,3 +889,174 @@ def test_killed_cli_batch_resumes_without_duplicates(sample_slide, tmp_path):
     assert [r[0] for r in again] == [r[0] for r in rows], "--force made new objects"
     assert all(r[1] == 0 and r[2] == 2 for r in again), "--force should make version 2"
     check_tables(db)
+
+
+# ----------------------------------------------------------------------------- first writers
+FIRST_WRITER = """
+from napari_wsi_sam.slide import open_slide
+from napari_wsi_sam.store.files import open_store
+import shapely
+with open_slide(ARGS["slide"]) as slide:
+    shapes = [nucleus(seed, slide.dimensions) for seed in ARGS["seeds"]]
+    print("ready", flush=True)
+    sys.stdin.readline()  # every writer starts at once
+    with open_store(slide, folder=Path(ARGS["folder"])) as store:
+        store.add_many([NewObject(g, class_name=ARGS["name"]) for g in shapes])
+print("done", flush=True)
+"""
+
+
+def write_features(path: Path, dims: tuple[int, int], seeds: range) -> Path:
+    features = [{"type": "Feature", "properties": {"classification": {"name": "nucleus"}},
+                 "geometry": shapely.geometry.mapping(nucleus(seed, dims))} for seed in seeds]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return path
+
+
+def start_together(children: list[Child]) -> None:
+    for child in children:
+        child.wait_for("ready")
+    for child in children:
+        child.send("go")
+
+
+def test_twenty_rounds_of_three_first_writers_never_break_a_store(sample_slide, tmp_path):
+    """Three processes open a slide's store that does not exist yet, at the same moment, and
+    each adds its own objects: every round, all three succeed into one complete store."""
+    for attempt in range(20):
+        folder = tmp_path / f"round-{attempt}"
+        children = [Child.python(FIRST_WRITER, {
+            "slide": str(sample_slide), "folder": str(folder), "name": f"writer{k}",
+            "seeds": list(range(100 * k, 100 * k + 5))}) for k in range(3)]
+        start_together(children)
+        for child in children:
+            child.finish()
+        with ObjectStore.open(folder / DB_NAME, check=True) as store:
+            counts = {name: 0 for name in ("writer0", "writer1", "writer2")}
+            for obj in store.iter_live():
+                counts[obj.class_name] += 1
+            assert counts == dict.fromkeys(counts, 5), (attempt, counts)
+        assert sorted(p.name for p in folder.iterdir()
+                      if not p.name.startswith(DB_NAME + "-")) == [DB_NAME], attempt
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_three_cli_imports_at_once_keep_every_object(existing, sample_slide, tmp_path):
+    """``objects import`` three times at once (a new store, or one that holds 10 objects):
+    every run exits 0 and the store holds every object of every file."""
+    from napari_wsi_sam.slide import open_slide
+    from napari_wsi_sam.store.files import open_store
+
+    folder = tmp_path / "labels"
+    with open_slide(sample_slide) as slide:
+        dims = tuple(slide.dimensions)
+        if existing:
+            with open_store(slide, folder=folder) as store:
+                store.add_many([NewObject(nucleus(s, dims), class_name="before")
+                                for s in range(900, 910)])
+    files = [write_features(tmp_path / f"part{k}.geojson", dims, range(50 * k, 50 * k + 50))
+             for k in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-m", "napari_wsi_sam.cli", "objects", "import",
+                               str(sample_slide), str(f), "--labels", str(folder)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for f in files]
+    for proc in procs:
+        out, err = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0 and "50 objects imported" in out, err
+    with ObjectStore.open(folder / DB_NAME, check=True) as store:
+        assert store.count() == 150 + 10 * existing
+        assert len({o.id for o in store.iter_live()}) == store.count()
+
+
+# ----------------------------------------------------------------------------- killed CLI runs
+def cli(*argv: str, env: dict | None = None) -> list[str]:
+    return [sys.executable, "-m", "napari_wsi_sam.cli", *argv]
+
+
+def run_then_kill_at_random(argv: list[str], *, tries: int, seed: int, env: dict,
+                            after_kill) -> None:
+    """Time one whole run of `argv`, then `tries` runs killed at seeded random moments within
+    that time; `after_kill` checks what each kill left, then the run is repeated to the end."""
+    start = time.monotonic()
+    subprocess.run(argv, check=True, capture_output=True, timeout=TIMEOUT, env=env)
+    whole = time.monotonic() - start
+    rng = random.Random(seed)
+    for _ in range(tries):
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env=env)
+        time.sleep(rng.uniform(0.3, 1.0) * whole)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(TIMEOUT)
+        after_kill()
+        rerun = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+        assert rerun.returncode == 0, rerun.stderr
+        after_kill()
+
+
+def test_killed_geojson_import_reruns_to_every_object_once(sample_slide, tmp_path):
+    from napari_wsi_sam.slide import open_slide
+
+    with open_slide(sample_slide) as slide:
+        dims = tuple(slide.dimensions)
+    source = write_features(tmp_path / "nuclei.geojson", dims, range(400))
+    folder = tmp_path / "labels"
+
+    def complete_or_absent():
+        db = folder / DB_NAME
+        if not db.exists():
+            return
+        with ObjectStore.open(db, check=True) as store:
+            live = list(store.iter_live())
+        assert len(live) in (0, 400), len(live)  # one transaction: all or nothing
+        assert len({o.resume_key for o in live}) == len(live)
+
+    run_then_kill_at_random(cli("objects", "import", str(sample_slide), str(source),
+                                "--labels", str(folder)), tries=3, seed=25,
+                            env=dict(os.environ), after_kill=complete_or_absent)
+    with ObjectStore.open(folder / DB_NAME) as store:
+        assert store.count() == 400
+
+
+def test_killed_export_labels_leaves_the_old_labels_or_none(sample_slide, tmp_path):
+    import zarr
+
+    from napari_wsi_sam.slide import open_slide
+    from napari_wsi_sam.store.files import open_store
+
+    folder, out = tmp_path / "labels", tmp_path / "classes.zarr"
+    with open_slide(sample_slide) as slide, open_store(slide, folder=folder) as store:
+        store.add_many([NewObject(nucleus(s, slide.dimensions), class_name="nucleus")
+                        for s in range(200)])
+
+    def whole_or_absent():
+        target = out / "labels" / "classes"
+        if target.exists():
+            group = zarr.open_group(str(target), mode="r")
+            assert int(np.asarray(group["0"][:]).max()) >= 1  # a complete level 0
+        leftovers = [p for p in (out / "labels").glob(".*partial*")] if out.exists() else []
+        assert all(p.is_dir() for p in leftovers)  # staging only; never the real name
+
+    run_then_kill_at_random(cli("objects", "export-labels", str(sample_slide), "--labels",
+                                str(folder), "--out", str(out)), tries=3, seed=7,
+                            env=dict(os.environ), after_kill=whole_or_absent)
+    assert (out / "labels" / "classes").is_dir()
+
+
+def test_killed_head_install_leaves_the_head_or_none(tmp_path):
+    import torch
+
+    from napari_wsi_sam.model.registry import shipped_heads
+
+    home = tmp_path / "home"
+    env = {**os.environ, "NAPARI_WSI_SAM_HOME": str(home)}
+    source = shipped_heads()[0].path
+
+    def whole_or_absent():
+        for path in (home / "heads").glob("*.pt") if (home / "heads").exists() else []:
+            assert path.read_bytes() == source.read_bytes(), path
+            torch.load(path, map_location="cpu", weights_only=True)
+
+    run_then_kill_at_random(cli("heads", "install", str(source), "--name", "mine"), tries=3,
+                            seed=3, env=env, after_kill=whole_or_absent)
+    assert (home / "heads" / "mine.pt").read_bytes() == source.read_bytes()

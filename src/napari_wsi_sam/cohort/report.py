@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from ..formats.file_io import write_text_atomic
+from ..spreadsheet import safe_row
 
 
 @dataclass
@@ -33,14 +34,15 @@ class SlideReport:
 
 
 def write_report(path: Path, reports: list[SlideReport]) -> Path:
-    """The reports as CSV at `path`, written atomically."""
+    """The reports as CSV at `path`, written atomically; a cell a spreadsheet would run as a
+    formula (a slide named ``=cmd|...``) is escaped (`spreadsheet`)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=[f.name for f in fields(SlideReport)])
     writer.writeheader()
     for report in reports:
         row = asdict(report)
         row["seconds"] = f"{report.seconds:.1f}"
-        writer.writerow(row)
+        writer.writerow(safe_row(row))
     return write_text_atomic(path, buffer.getvalue())
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..spreadsheet import safe_frame
 from .stats import (
     ALL_CLASSES,
     class_order,
@@ -197,9 +198,9 @@ def write_report(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    records.to_csv(out / "dice_per_object.csv", index=False)
+    safe_frame(records).to_csv(out / "dice_per_object.csv", index=False)
     summary = summarise(records, n_boot=n_boot, seed=seed)
-    summary.to_csv(out / "summary.csv", index=False)
+    safe_frame(summary).to_csv(out / "summary.csv", index=False)
     datasets = list(pd.unique(summary["dataset"]))
     parts = [
         f"# {title}\n",
@@ -226,7 +227,7 @@ def _write_dataset(summary: pd.DataFrame, out: Path, dataset: str, suffix: str) 
     box = box_table(summary, dataset=dataset)
     box_md = to_markdown(box) if box.shape[1] else "_No box-prompt records._\n"
     (out / f"table1_box{suffix}.md").write_text(box_md, encoding="utf-8")
-    box.to_csv(out / f"table1_box{suffix}.csv")
+    safe_frame(box).to_csv(out / f"table1_box{suffix}.csv")
     section.append(box_md)
 
     section.append("### Point prompts (Table 4)\n")
@@ -238,7 +239,7 @@ def _write_dataset(summary: pd.DataFrame, out: Path, dataset: str, suffix: str) 
     points_md = points_md or "_No point-prompt records._\n"
     (out / f"table4_points{suffix}.md").write_text(points_md, encoding="utf-8")
     long_points = frame[frame["prompt"].map(points_count).notna()]
-    long_points.to_csv(out / f"table4_points{suffix}.csv", index=False)
+    safe_frame(long_points).to_csv(out / f"table4_points{suffix}.csv", index=False)
     section.append(points_md)
 
     figure = plot_points(summary, out / f"figure4_points{suffix}.png", dataset=dataset)

@@ -14,7 +14,10 @@ maps those names onto ours (table in docs/model.md) and drops SAM's frozen weigh
 from __future__ import annotations
 
 import logging
+import pickle
 import re
+import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -221,11 +224,48 @@ def _build(settings: HeadSettings, state: Mapping[str, Tensor], *, source: str) 
     return head.eval()
 
 
+MAX_UNPACKED_BYTES = 512 * 2**20
+"""A head is ~3.6 MB; an archive that unpacks to more than this is refused unread."""
+MAX_RATIO = 200
+"""Weights hardly compress; a member packed tighter than this is a zip bomb."""
+
+
 def _read(path: Path) -> Any:
     if not path.is_file():
         raise WeightsError(f"head checkpoint {path} does not exist")
+    if zipfile.is_zipfile(path):
+        check_archive(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's warning would show a source line
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a damaged pickle can raise anything
+        objects = "unsupported global" in str(error).lower()  # a class or function to call
+        if isinstance(error, pickle.UnpicklingError) and objects:
+            raise WeightsError(f"{path} is not a head written by train (it holds Python "
+                               "objects, which are never loaded)") from None
         reason = one_line(error)
         raise WeightsError(f"{path} is not a readable torch checkpoint ({reason})") from error
+
+
+def check_archive(path: Path) -> None:
+    """Refuse a torch zip archive whose members climb out of it (``../``, absolute names) or
+    that unpacks to far more than a head (declared sizes, read from its directory alone)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise WeightsError(f"{path} is not a readable torch checkpoint ({one_line(error)})"
+                           ) from None
+    total = 0
+    for member in members:
+        name = member.filename.replace("\\", "/")
+        if name.startswith("/") or ".." in name.split("/") or re.match(r"^[A-Za-z]:", name):
+            raise WeightsError(f"{path} is not a head written by train (its member "
+                               f"{member.filename!r} points outside the archive)")
+        total += member.file_size
+        packed = max(member.compress_size, 1)
+        if total > MAX_UNPACKED_BYTES or (member.file_size > 2**20
+                                          and member.file_size / packed > MAX_RATIO):
+            raise WeightsError(f"{path} is not a head written by train (it would unpack to "
+                               f"{total / 2**20:.0f}+ MB, a zip bomb); nothing was extracted")

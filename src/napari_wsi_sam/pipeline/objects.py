@@ -142,11 +142,25 @@ def import_objects(store: ObjectStore, path: Path, *, default_class: str = "impo
                    format: str | None = None) -> tuple[list[int], list[str]]:
     """Store every outline of an annotation file (QuPath GeoJSON, COCO, ASAP XML, GeoParquet,
     an instance label image: `formats.registry`) as one object (holes and parts kept; class
-    and colour kept), in one transaction. Returns (new ids, skipped lines)."""
+    and colour kept), in one transaction. Returns (new ids, skipped lines).
+
+    Each object carries a resume key (the file's content digest and the outline's place in
+    it), so a rerun after a kill, or a second import of the same file, adds only what is not
+    live yet: never a duplicate."""
     result = read_annotations(path, image=image, name=format)
+    digest = _file_digest(Path(path))
+    keys = [None if digest is None else f"import:{digest}:{k}"
+            for k in range(len(result.objects))]
+    done = store.live_by_resume_key(k for k in keys if k is not None)
     known = store.classes()
     items = []
-    for obj in result.objects:
+    skipped = list(result.skipped)
+    if done:
+        skipped.append(f"{len(done)} outlines of {Path(path).name} that are already in the "
+                       "store (imported before; kept, not duplicated)")
+    for obj, key in zip(result.objects, keys, strict=True):
+        if key in done:
+            continue
         name = obj.class_name or default_class
         if name not in known and obj.color is not None:
             store.set_class(name, obj.color)
@@ -154,7 +168,20 @@ def import_objects(store: ObjectStore, path: Path, *, default_class: str = "impo
         score = obj.score
         items.append(NewObject(obj.geometry, name, model=obj.model or IMPORTED,
                                score=score, score_kind=obj.properties.get("score_kind")
-                               if score is not None else None))
+                               if score is not None else None, resume_key=key))
     ids = store.add_many(items, group=group, op="import") if items else []
-    logger.info("imported %d objects from %s (%d skipped)", len(ids), path, len(result.skipped))
-    return ids, list(result.skipped)
+    logger.info("imported %d objects from %s (%d skipped)", len(ids), path, len(skipped))
+    return ids, skipped
+
+
+def _file_digest(path: Path) -> str | None:
+    """The first 16 hex digits of the file's SHA-256 (None for a folder: no resume keys)."""
+    import hashlib
+
+    if not path.is_file():
+        return None
+    sha = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(2**20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()[:16]

@@ -13,7 +13,10 @@ zarr for OME-Zarr; or the one the caller forces.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import stat
 from pathlib import Path
 from typing import Literal
 
@@ -35,11 +38,36 @@ _DICOM_MAGIC_OFFSET = 128
 
 
 def check_path(path: Path) -> None:
-    """SlideError unless `path` exists and is a non-empty file or a folder."""
-    if not path.exists():
-        raise SlideError(f"{path} does not exist; check the path and spelling")
-    if path.is_file() and path.stat().st_size == 0:
+    """SlideError unless `path` is a non-empty regular file or a folder, told from `os.stat`
+    alone: a named pipe or a device is refused before anything opens it (opening a pipe
+    would wait forever for a writer). Every command's slide goes through here (`open_slide`)."""
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise SlideError(f"{path} is a symlink loop (a link that points back at itself); "
+                             "point it at the slide file") from None
+        if error.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise SlideError(f"{path} does not exist; check the path and spelling") from None
+        raise SlideError(f"cannot read {path} ({error.strerror}); check that you may read "
+                         "it") from None
+    if stat.S_ISDIR(info.st_mode):
+        return
+    if not stat.S_ISREG(info.st_mode):
+        raise SlideError(f"{path} is {_kind_of(info.st_mode)}, not a slide file; give the "
+                         "slide file itself (.svs, .tif, .ndpi, ...) or an OME-Zarr folder")
+    if info.st_size == 0:
         raise SlideError(f"{path} is empty (0 bytes); re-copy or re-export the slide")
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
 
 
 def choose_backend(path: Path, backend: str = "auto") -> Backend:

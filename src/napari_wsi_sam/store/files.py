@@ -85,7 +85,8 @@ def open_store(slide: Slide, *, folder: Path | None = None, writer: str | None =
             store = migrate(legacy, db, meta=slide_meta(slide))
         else:
             (target / f"{DB_NAME}.migrating").unlink(missing_ok=True)
-            store = ObjectStore.create(db, meta=slide_meta(slide), writer=writer)
+            store = ObjectStore.create(db, meta=slide_meta(slide), writer=writer,
+                                       exist_ok=True)
         if writer is not None:
             store.writer = writer
     dims = store.dimensions

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -57,6 +58,27 @@ logger = logging.getLogger(__name__)
 QUICK_CHECK_BYTES = 64 * 2**20
 """Stores smaller than this are checked at every open (about 0.1 s per 100,000 objects)."""
 
+def _remove_stale_builds(path: Path) -> None:
+    """Half-made stores (``<name>.creating-<pid>-...``) of processes that no longer run."""
+    for leftover in path.parent.glob(f"{path.name}.creating*"):
+        pid = leftover.name[len(path.name) + len(".creating-"):].split("-")[0]
+        if pid.isdigit() and _running(int(pid)):
+            continue
+        leftover.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid() or sys.platform == "win32":  # os.kill would end it there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, AttributeError):
+        return True  # someone else's process, or no way to tell: leave its file alone
+    return True
+
+
 class ObjectStore:
     """The objects of one slide in ``<folder>/objects.sqlite``; make one with `create`,
     `open` or `for_slide` (`store_files`), close it with `close` (or ``with``)."""
@@ -75,22 +97,25 @@ class ObjectStore:
 
     # ----------------------------------------------------------------- making and closing
     @classmethod
-    def create(cls, path: Path, *, meta: dict[str, Any], writer: str | None = None
-               ) -> ObjectStore:
+    def create(cls, path: Path, *, meta: dict[str, Any], writer: str | None = None,
+               exist_ok: bool = False) -> ObjectStore:
         """A new, empty store at `path` (the file must not exist). meta: the slide it belongs
         to (``slide_path``, ``dimensions`` (w, h), ``mpp``, ``downsamples``).
 
         The store is built whole beside `path` and moved into place, so a kill at any moment
-        leaves either no store or a complete one."""
+        leaves either no store or a complete one; writers that start at once all end up in
+        the one store that was linked first. exist_ok: open a store that is already there
+        (made by another process since the caller looked) instead of refusing."""
         path = Path(path)
         if path.exists():
+            if exist_ok:
+                return cls.open(path, writer=writer)
             raise StoreError(f"{path} already exists; open it instead")
-        tmp = path.with_name(path.name + ".creating")
-        for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-wal", "-shm",
-                                                                      "-journal"))):
-            leftover.unlink(missing_ok=True)
-        journal = schema.journal_mode_for(path.parent)
-        conn = schema.connect(tmp, mode="rwc", journal=journal)
+        _remove_stale_builds(path)
+        # A name of this process's own: concurrent first writers never touch each other's
+        # half-made file (nor its journal), and only a whole store is ever linked into place.
+        tmp = path.with_name(f"{path.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        conn = schema.connect(tmp, mode="rwc", journal="delete")
         try:
             schema.create_schema(conn, meta)
         except sqlite3.Error as error:
@@ -98,13 +123,15 @@ class ObjectStore:
         finally:
             conn.close()
         try:
-            os.link(tmp, path)  # fails when another process made the store meanwhile
-        except FileExistsError:
-            logger.info("%s was created by another process meanwhile; opening it", path)
-        except OSError:  # no hard links here (some shares): a plain rename
-            if not path.exists():
-                os.replace(tmp, path)
-        tmp.unlink(missing_ok=True)
+            try:
+                os.link(tmp, path)  # atomic; fails when another process made the store first
+            except FileExistsError:
+                logger.info("%s was created by another process meanwhile; opening it", path)
+            except OSError:  # no hard links here (some shares): rename, never over a store
+                if not path.exists():
+                    os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return cls.open(path, writer=writer, check=False)
 
     @classmethod
