@@ -85,6 +85,15 @@ def test_duplicates_are_judged_by_the_smaller_object():
     assert not accepted.duplicates(box(20, 20, 30, 30))
 
 
+def test_point_suppression_skips_points_inside_objects_already_kept():
+    accepted = Accepted(0.3)
+    accepted.add(box(0, 0, 10, 10))
+    accepted.add(shapely.Polygon([(20, 0), (30, 0), (20, 10)]))
+    points = np.array([[5, 5], [15, 5], [22, 2], [28, 8], [100, 100]], float)
+    assert accepted.covers(points).tolist() == [True, False, True, False, False]
+    assert Accepted(0.3).covers(points).tolist() == [False] * 5
+
+
 def test_stored_regions_larger_than_a_run_can_make_swallow_nothing(nest, tmp_path):
     from napari_wsi_sam.pipeline.auto_grid import largest_object_px
     from napari_wsi_sam.pipeline.auto_region import stored_in_region

@@ -1060,3 +1060,49 @@ def test_killed_head_install_leaves_the_head_or_none(tmp_path):
     run_then_kill_at_random(cli("heads", "install", str(source), "--name", "mine"), tries=3,
                             seed=3, env=env, after_kill=whole_or_absent)
     assert (home / "heads" / "mine.pt").read_bytes() == source.read_bytes()
+
+
+def test_killed_precompute_leaves_whole_nodes_or_none(sample_slide, tmp_path):
+    import zarr
+
+    slide = tmp_path / sample_slide.name
+    shutil.copy(sample_slide, slide)
+
+    def whole_nodes_only():
+        for marker in tmp_path.rglob("zarr.json"):
+            node = marker.parent
+            if not node.name[:1].isdigit() or any(p.name.startswith(".")
+                                                  for p in node.parents):
+                continue  # the folders above the nodes, or a staging copy
+            for which in ("hr", "lr"):
+                for name in ("embedding", "early"):
+                    path = node / f"{which}_{name}"
+                    if path.exists():  # an `sam` node holds the HR crop only
+                        assert np.isfinite(np.asarray(zarr.open_array(path, mode="r")[:])
+                                           ).all()
+            assert (node / "hr_embedding").exists(), node
+
+    run_then_kill_at_random(cli("precompute", str(slide), "--model", "sam", "--workers", "0",
+                                "--device", "cpu", "--no-progress"), tries=1, seed=11,
+                            env=dict(os.environ), after_kill=whole_nodes_only)
+
+
+def test_killed_train_leaves_a_whole_head_or_none(tmp_path):
+    from napari_wsi_sam.model.head_checkpoint import load_head
+
+    out, features = tmp_path / "run", tmp_path / "features"
+
+    def whole_or_absent():
+        if (out / "head.pt").exists():
+            load_head(out / "head.pt")
+        for cached in features.rglob("*.pt"):
+            import torch
+
+            torch.load(cached, map_location="cpu", weights_only=True)
+
+    run_then_kill_at_random(cli("train", "--data", "builtin:hgsc_nest", "--out", str(out),
+                                "--epochs", "1", "--views-per-image", "2",
+                                "--objects-per-view", "2", "--batch", "2", "--device", "cpu",
+                                "--features", str(features), "--no-progress"),
+                            tries=1, seed=5, env=dict(os.environ), after_kill=whole_or_absent)
+    load_head(out / "head.pt")
