@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import UsageError, WeightsError
 from ..paths import cache_home
 from ..scale import same_scale, scale_text
+from .registry import registry_name
 
 if TYPE_CHECKING:
     from .instance_checkpoint import InstanceDecoderSettings
@@ -105,7 +106,7 @@ def default_instance_decoder(hr_mpp: float | None = None) -> InstanceDecoderEntr
 def install_instance_decoder(path: Path, *, name: str | None = None) -> InstanceDecoderEntry:
     """Copy a decoder file into the cache (checked first, renamed into place)."""
     source = _entry(Path(path).resolve(), "file")
-    final = _safe_name(name or source.settings.name or Path(path).stem)
+    final = registry_name(name or source.settings.name or Path(path).stem)
     target = installed_dir() / f"{final}.pt"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.part")
@@ -113,13 +114,6 @@ def install_instance_decoder(path: Path, *, name: str | None = None) -> Instance
     tmp.replace(target)
     _settings_cached.cache_clear()
     return _entry(target, "installed")
-
-
-def _safe_name(text: str) -> str:
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in text.strip()).strip("._")
-    if not name:
-        raise UsageError(f"{text!r} is not a usable decoder name; use letters, digits, - and _")
-    return name
 
 
 def _entries_in(folder: Path, source: str) -> list[InstanceDecoderEntry]:

@@ -192,7 +192,7 @@ def find_head(name_or_path: str | Path) -> Head:
 def install_head(path: Path, *, name: str | None = None) -> Head:
     """Copy a head file into the cache so that every model list offers it; returns it."""
     source = _read_head(Path(path).resolve(), "file")
-    final = _safe_name(name or Path(path).stem)
+    final = registry_name(name or Path(path).stem)
     if any(h.name == final for h in shipped_heads()):
         raise UsageError(f"{final!r} is the name of a shipped head; install under --name")
     target = installed_heads_dir() / f"{final}.pt"
@@ -205,10 +205,11 @@ def install_head(path: Path, *, name: str | None = None) -> Head:
     return _read_head(target, "installed")
 
 
-def _safe_name(text: str) -> str:
+def registry_name(text: str) -> str:
+    """`text` as a registry name: letters, digits, - _ and . only (one-line error if none)."""
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in text.strip()).strip("._")
     if not name:
-        raise UsageError(f"{text!r} is not a usable head name; use letters, digits, - and _")
+        raise UsageError(f"{text!r} is not a usable name for a head or decoder; use letters, digits, - and _")
     return name
 
 
