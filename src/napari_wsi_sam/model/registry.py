@@ -209,7 +209,8 @@ def registry_name(text: str) -> str:
     """`text` as a registry name: letters, digits, - _ and . only (one-line error if none)."""
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in text.strip()).strip("._")
     if not name:
-        raise UsageError(f"{text!r} is not a usable name for a head or decoder; use letters, digits, - and _")
+        raise UsageError(f"{text!r} is not a usable name for a head or decoder; use letters, "
+                         "digits, - and _")
     return name
 
 
