@@ -24,13 +24,15 @@ from ..errors import TrainingError
 from ..polygons import Areal
 from ..scale import CROP_SIZE
 from ..train.datasets import AnnotatedImage
+from ..train.heldout_split import HELDOUT_FRACTION, MIN_HELDOUT, MIN_TRAIN
 
-HELDOUT_FRACTION = 0.2
-MIN_TRAIN = 20
-MIN_HELDOUT = 5
 GUARD_HR_PX = 64
 """The band around held-out blocks the loss also leaves out (HR px)."""
 MIN_TRUE_AREA_HR_PX = 16
+"""True objects cut by a held-out block to fewer HR px than this are not scored."""
+
+__all__ = ["HELDOUT_FRACTION", "InstanceSplit", "TrainedInstances", "measure_instances",
+           "split_instances", "train_and_measure_instances"]
 
 
 @dataclass(frozen=True)
