@@ -82,7 +82,8 @@ class Accepted:
         self.ids.append(object_id)
 
     def covers(self, points: np.ndarray) -> np.ndarray:
-        """(n,) bool: which of the (n, 2) level-0 points lie inside a kept object."""
+        """(n,) bool: which of the (n, 2) level-0 points lie inside a kept object (a stored
+        one that holds a point is recorded as found: the point would find it again)."""
         inside = np.zeros(len(points), bool)
         if not self.bounds or len(points) == 0:
             return inside
@@ -91,7 +92,11 @@ class Accepted:
         near = np.flatnonzero((b[:, 0] <= x.max()) & (b[:, 2] >= x.min())
                               & (b[:, 1] <= y.max()) & (b[:, 3] >= y.min()))
         for i in near:
-            inside |= shapely.contains_xy(self.geometries[i], x, y)
+            hit = shapely.contains_xy(self.geometries[i], x, y)
+            stored = self.ids[i]
+            if stored is not None and hit.any():
+                self.found.add(stored)
+            inside |= hit
         return inside
 
     def duplicates(self, geometry: Areal) -> bool:
