@@ -62,9 +62,10 @@ def stage_train(args) -> Path:
                                  lr=args.lr, window=args.window)
     with open_slide(nest[0].image, mpp=0.5) as slide:
         region = tune_region(*slide.dimensions)
+    start_from = InstanceModel.load(args.start_from).decoder if args.start_from else None
     started = time.perf_counter()
     path, _ = train_instance_decoder(nest, config, OUT / "train", ignore=[[region]],
-                                     on_step=_print_step)
+                                     on_step=_print_step, start_from=start_from)
     print(f"trained in {time.perf_counter() - started:.0f} s: {path}")
     return path
 
@@ -107,7 +108,7 @@ def objects_from_maps(slide, tiles, region, watershed: WatershedSettings,
 
 
 def stage_tune(args) -> dict:
-    model = InstanceModel.load(OUT / "train" / "instance_decoder.pt")
+    model = InstanceModel.load(args.tune_from or OUT / "train" / "instance_decoder.pt")
     predictor = WsiSamPredictor(model="sam", device="cpu")
     nest = load_data("builtin:hgsc_nest")[0]
     settings = DecoderSettings()
@@ -116,15 +117,18 @@ def stage_tune(args) -> dict:
     tiles, slide = tile_maps(nest, region, model, predictor, settings)
     truth = cut_to([o.geometry for o in nest.objects], region, min_area=MIN_TRUE_AREA)
     rows = []
-    grid = itertools.product((0.5, 0.6, 0.7), (0.4, 0.5, 0.6, 0.7), (0.6, 0.7, 0.8, 0.9),
-                             (12,))
-    for fg, centre, boundary, min_size in grid:
-        ws = WatershedSettings(fg, centre, boundary, min_size)
+    grid = itertools.product((0.4, 0.5, 0.6, 0.7), (0.4, 0.5, 0.6, 0.7), (0.6, 0.7, 0.8, 0.9),
+                             (12,), (False, True))
+    for fg, centre, boundary, min_size, unseeded in grid:
+        ws = WatershedSettings(fg, centre, boundary, min_size, unseeded)
         scores = match_instances(objects_from_maps(slide, tiles, region, ws, settings), truth)
         rows.append({**ws.to_dict(), **scores.as_dict()})
     rows.sort(key=lambda r: -r["pq"])
     best = rows[0]
     print("tuning (hgsc_nest stripe):", json.dumps(rows[:5], indent=1))
+    for unseeded in (False, True):
+        top = next(r for r in rows if r["unseeded"] == unseeded)
+        print(f"best with unseeded={unseeded}:", json.dumps(top))
     chosen = WatershedSettings.from_dict(best)
     heldout_tune = {k: best[k] for k in ("f1", "pq", "mean_iou") if k in best}
     loaded = model.settings
@@ -132,8 +136,10 @@ def stage_tune(args) -> dict:
                     structure="nuclei", classes=(),
                     heldout={"tuned_on": f"hgsc_nest stripe x >= {TUNE_X0:g} px",
                              "tuning": heldout_tune})
-    save_instance_decoder(model.decoder, OUT / "instance_decoder.pt", settings=final)
     (OUT / "tuning.json").write_text(json.dumps(rows, indent=1))
+    if args.dry_tune:
+        return best
+    save_instance_decoder(model.decoder, OUT / "instance_decoder.pt", settings=final)
     return best
 
 
@@ -271,6 +277,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--window", type=int, default=32)
+    parser.add_argument("--tune-from", type=Path, default=None,
+                        help="tune this decoder file instead of the one just trained")
+    parser.add_argument("--dry-tune", action="store_true",
+                        help="print the tuning table only; write no decoder")
+    parser.add_argument("--start-from", type=Path, default=None,
+                        help="a decoder file to continue training from (fine-tuning)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)

@@ -22,6 +22,7 @@ from napari_wsi_sam.model.instance_checkpoint import (
     save_instance_decoder,
 )
 from napari_wsi_sam.model.instance_decoder import InstanceDecoder, InstanceDecoderConfig
+from napari_wsi_sam.model.instance_model import InstanceModel
 from napari_wsi_sam.model.instance_registry import (
     default_instance_decoder,
     find_instance_decoder,
@@ -76,6 +77,17 @@ def test_the_watershed_splits_two_touching_nuclei_and_keeps_their_pixels():
             found == j, labels == k).sum() for j in (1, 2))
         assert best > 0.85
     assert instances_from_maps(np.stack([np.zeros((8, 8))] + [np.ones((8, 8))] * 2)).max() == 0
+
+
+def test_a_seedless_blob_is_lost_unless_unseeded_keeps_it():
+    labels = _discs([(30, 30), (70, 60)], 10)
+    maps = instance_maps(labels)
+    maps[1][labels == 2] = 0.9  # the second nucleus' centre never gets confident
+    plain = instances_from_maps(maps, WatershedSettings(0.5, 0.5, 0.5, 4))
+    kept = instances_from_maps(maps, WatershedSettings(0.5, 0.5, 0.5, 4, unseeded=True))
+    assert plain.max() == 1 and (plain[labels == 2] == 0).all()
+    assert kept.max() == 2 and ((kept > 0) == (labels > 0)).all()
+    assert WatershedSettings.from_dict({"foreground": 0.6}).unseeded is False
 
 
 def test_watershed_settings_out_of_range_are_refused():
@@ -218,12 +230,35 @@ def test_train_task_instances_measures_held_out_blocks_and_installs(tmp_path, ca
     assert default_instance_decoder(0.25).name == "hgsc_nuclei_instances"
 
 
+@pytest.mark.slow
+def test_train_instances_from_the_shipped_decoder_keeps_what_it_knew(tmp_path, capsys):
+    # One short epoch from fresh weights finds next to nothing (the test above); from the
+    # shipped decoder it goes on from there.
+    out = tmp_path / "tuned"
+    assert main(["train", "--task", "instances", "--data", "builtin:hgsc_nest", "--out",
+                 str(out), "--epochs", "1", "--views-per-image", "4", "--device", "cpu",
+                 "--features", str(tmp_path / "features"), "--init-decoder",
+                 "hgsc_nuclei_instances", "--no-progress"]) == 0
+    held = json.loads(capsys.readouterr().out)["heldout"]
+    assert held["truth"] >= 5 and held["f1"] > 0.3, held
+    settings = InstanceModel.load(out / "instance_decoder.pt").settings
+    assert settings.train_config["lr"] == pytest.approx(5e-4)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--init-head", "x.pt"], "apply to --task head only"),
     (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--init-decoder", "no_such_decoder"], "unknown instance decoder"),
 ])
 def test_train_instances_user_errors_are_one_line(tmp_path, capsys, extra, message):
     code = main(["train", "--task", "instances", "--data", "builtin:hgsc_nest", "--out",
                  str(tmp_path / "o"), *extra])
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_init_decoder_with_a_head_task_is_one_line(tmp_path, capsys):
+    code = main(["train", "--data", "builtin:hgsc_nest", "--out", str(tmp_path / "o"),
+                 "--init-decoder", "hgsc_nuclei_instances"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--task instances only" in err and len(err.splitlines()) == 1, err

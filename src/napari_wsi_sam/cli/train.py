@@ -61,6 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "the result into the head (wsi-sam mode)")
     parser.add_argument("--init-head", type=Path, default=None, metavar="HEAD.pt",
                         help="start from this head's weights (go on learning with new objects)")
+    parser.add_argument("--init-decoder", default=None, metavar="NAME_OR_PATH",
+                        help="--task instances: start from this instance decoder (shipped, "
+                             "installed or a file) and go on learning from your objects, at "
+                             f"a gentler learning rate ({FINE_TUNE_LR:g})")
     parser.add_argument("--install", default=None, metavar="NAME",
                         help="install the head into the model registry under NAME; with "
                              "--heldout it becomes the default at its magnification if it "
@@ -76,6 +80,11 @@ def _train(args: argparse.Namespace) -> int:
     from ..train.datasets import load_data
     from ..train.trainer import TrainConfig, train
 
+    if args.task != "instances" and args.init_decoder is not None:
+        from ..errors import TrainingError
+
+        raise TrainingError("--init-decoder applies to --task instances only; a head starts "
+                            "from --init-head")
     data = load_data(args.data, mpp=args.mpp, classes=args.classes)
     if args.task == "instances":
         return _instances(args, data)
@@ -137,12 +146,22 @@ def _own_head(args: argparse.Namespace, data: list, config) -> int:
     return 0
 
 
+FINE_TUNE_LR = 5e-4
+"""An instance decoder continued from trained weights learns at a quarter of the fresh rate, so
+a few steps on a user's objects adapt it instead of undoing what it knew."""
+
+
 def _instances(args: argparse.Namespace, data: list) -> int:
     """An instance decoder, always measured on held-out blocks (and installed when asked)."""
     import sys
 
     from ..errors import TrainingError
-    from ..model.instance_registry import default_instance_decoder, install_instance_decoder
+    from ..model.instance_model import InstanceModel
+    from ..model.instance_registry import (
+        default_instance_decoder,
+        find_instance_decoder,
+        install_instance_decoder,
+    )
     from ..session.own_instances import HELDOUT_FRACTION, train_and_measure_instances
     from ..train.instance_trainer import InstanceTrainConfig
 
@@ -154,9 +173,18 @@ def _instances(args: argparse.Namespace, data: list) -> int:
     for flag, value in (("--epochs", args.epochs), ("--views-per-image", args.views_per_image)):
         if value is not None and value < 1:
             raise TrainingError(f"{flag} must be >= 1, got {value}")
+    start_from = None
+    if args.init_decoder is not None:
+        entry = find_instance_decoder(args.init_decoder)
+        start_from = InstanceModel.load(entry.path).decoder
+        if abs(entry.hr_mpp - args.hr_mpp) > 1e-9:
+            print(f"napari-wsi-sam: note: {entry.name} was trained at {entry.hr_mpp:g} µm/px; "
+                  f"this run trains it at {args.hr_mpp:g} µm/px (--hr-mpp)", file=sys.stderr)
     config = InstanceTrainConfig(hr_mpp=args.hr_mpp, lr_factor=args.lr_factor,
                                  epochs=args.epochs or 20,
-                                 views_per_image=args.views_per_image or 48, seed=args.seed)
+                                 views_per_image=args.views_per_image or 48, seed=args.seed,
+                                 **({"decoder": start_from.config, "lr": FINE_TUNE_LR}
+                                    if start_from else {}))
     fraction = args.heldout if args.heldout is not None else HELDOUT_FRACTION
 
     def report(step) -> None:
@@ -167,7 +195,8 @@ def _instances(args: argparse.Namespace, data: list) -> int:
 
     trained = train_and_measure_instances(data, args.out, config=config, fraction=fraction,
                                           seed=args.seed, device=args.device,
-                                          feature_dir=args.features, on_step=report)
+                                          feature_dir=args.features, on_step=report,
+                                          start_from=start_from)
     print(file=sys.stderr)
     summary: dict[str, object] = {"model": str(trained.path), "heldout": trained.heldout,
                                   "trained_on": trained.split.describe()}

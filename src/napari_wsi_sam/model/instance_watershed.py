@@ -4,7 +4,9 @@ Seeds are the pixels confidently inside an object and near its centre (foregroun
 `foreground`, centre distance below `centre`, boundary distance below `boundary`); each
 connected seed grows over the boundary-distance map, within the foreground, until it meets
 its neighbours. Touching nuclei are split where the boundary map rises between their centres.
-Objects under `min_size` pixels are dropped. numpy and scikit-image only.
+A foreground blob that holds no seed (a thin nucleus whose centre map never gets confident)
+is kept as one object when `unseeded` is on, instead of being lost. Objects under `min_size`
+pixels are dropped. numpy and scikit-image only.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from skimage.segmentation import watershed
 
 @dataclass(frozen=True)
 class WatershedSettings:
-    """Thresholds on the maps (0..1) and the smallest object, in output pixels."""
+    """Thresholds on the maps (0..1), the smallest object in output pixels, and whether a
+    seedless foreground blob becomes an object."""
 
     foreground: float = 0.5
     centre: float = 0.5
     boundary: float = 0.5
     min_size: int = 12
+    unseeded: bool = False
 
     def __post_init__(self) -> None:
         for name in ("foreground", "centre", "boundary"):
@@ -39,7 +43,7 @@ class WatershedSettings:
     @classmethod
     def from_dict(cls, raw: dict) -> WatershedSettings:
         known = {k: raw[k] for k in ("foreground", "centre", "boundary", "min_size") if k in raw}
-        return cls(**known)
+        return cls(**known, unseeded=bool(raw.get("unseeded", False)))
 
 
 def instances_from_maps(maps: np.ndarray, settings: WatershedSettings | None = None
@@ -53,9 +57,14 @@ def instances_from_maps(maps: np.ndarray, settings: WatershedSettings | None = N
     inside = foreground > settings.foreground
     seeds = inside & (centre < settings.centre) & (boundary < settings.boundary)
     markers, count = ndimage.label(seeds)
-    if count == 0:
+    if count == 0 and not settings.unseeded:
         return np.zeros(foreground.shape, np.int32)
-    labels = watershed(boundary, markers=markers, mask=inside).astype(np.int32)
+    labels = (watershed(boundary, markers=markers, mask=inside).astype(np.int32) if count
+              else np.zeros(foreground.shape, np.int32))
+    if settings.unseeded:
+        blobs, found = ndimage.label(inside & (labels == 0))
+        if found:
+            labels = np.where(blobs > 0, blobs + labels.max(), labels).astype(np.int32)
     if settings.min_size > 0:
         sizes = np.bincount(labels.ravel())
         small = np.flatnonzero(sizes < settings.min_size)

@@ -142,9 +142,10 @@ def train_and_measure_instances(
     fraction: float = HELDOUT_FRACTION, seed: int = 0, device: str = "auto",
     parts: Any = None, feature_dir: Path | None = None, structure: str = "",
     on_step: Callable[..., None] | None = None, should_stop: Callable[[], bool] | None = None,
+    start_from: Any = None,
 ) -> TrainedInstances:
     """Train on everything but the held-out blocks, measure on them, write the result into
-    ``out/instance_decoder.pt``."""
+    ``out/instance_decoder.pt``. `start_from`: a trained `InstanceDecoder` to fine-tune."""
     from ..model.instance_checkpoint import InstanceDecoderSettings, save_instance_decoder
     from ..model.instance_model import InstanceModel
     from ..model.predictor import WsiSamPredictor
@@ -165,7 +166,8 @@ def train_and_measure_instances(
     path, _ = train_instance_decoder(images, config, out, device=device,
                                            feature_dir=feature_dir, ignore=ignore,
                                            parts=mobile, on_step=on_step,
-                                           should_stop=should_stop, settings=base)
+                                           should_stop=should_stop, settings=base,
+                                           start_from=start_from)
     model = InstanceModel.load(path)
     predictor = WsiSamPredictor(model="sam", device=device, parts={"mobile_sam": mobile},
                                 precision=config.precision)  # type: ignore[arg-type]

@@ -237,10 +237,12 @@ def train_instance_decoder(
     on_step: Callable[[InstanceStep], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     settings: InstanceDecoderSettings | None = None,
+    start_from: InstanceDecoder | None = None,
 ) -> tuple[Path, InstanceDecoder]:
     """Train a decoder per `config` and save it to ``out/instance_decoder.pt`` (with
     `settings`, its config and training data filled in). `ignore`: per image, level-0 areas
-    left out of the loss (held-out blocks)."""
+    left out of the loss (held-out blocks). `start_from`: a trained decoder of the same
+    config whose weights this run continues from (fine-tuning), instead of fresh ones."""
     config.check()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -251,7 +253,15 @@ def train_instance_decoder(
     prepared = prepare_instance_views(data, config, encoder=encoder, feature_dir=feature_dir,
                                       ignore=ignore, progress=progress)
     torch.manual_seed(config.seed)
-    decoder = InstanceDecoder(config.decoder).to(torch_device).train()
+    decoder = InstanceDecoder(config.decoder)
+    if start_from is not None:
+        if start_from.config != config.decoder:
+            raise TrainingError(f"the decoder to continue from has widths "
+                                f"{start_from.config.widths} and context "
+                                f"{start_from.config.context}; train with the same, or from "
+                                f"scratch")
+        decoder.load_state_dict(start_from.state_dict())
+    decoder = decoder.to(torch_device).train()
     optimiser = torch.optim.AdamW(decoder.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     windows = (64 // config.window) ** 2  # an epoch sees every view's whole crop once
