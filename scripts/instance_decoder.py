@@ -143,6 +143,47 @@ def stage_tune(args) -> dict:
     return best
 
 
+def stage_tune_refine(args) -> list[dict]:
+    """How WSI-SAM refines the proposals (box alone or box + inner point; the agreement a
+    refined mask needs with its proposal to replace it), chosen on the same tuning stripe."""
+    from napari_wsi_sam.pipeline.auto_decoder import refine_proposals
+
+    model = InstanceModel.load(args.tune_from or OUT / "instance_decoder.pt")
+    predictor = WsiSamPredictor(model="wsi-sam", head="hgsc_nuclei", device="cpu")
+    nest = load_data("builtin:hgsc_nest")[0]
+    settings = DecoderSettings()
+    with open_slide(nest.image, mpp=0.5) as slide:
+        region = tune_region(*slide.dimensions)
+    tiles, slide = tile_maps(nest, region, model, predictor, settings)
+    truth = cut_to([o.geometry for o in nest.objects], region, min_area=MIN_TRUE_AREA)
+    per_tile = []
+    accepted = Accepted(settings.duplicate_overlap)
+    mpp = slide.require_mpp()
+    with open_slide(nest.image, mpp=0.5) as slide:
+        for tile, crops, maps in tiles:
+            found = [g for g, _ in tile_proposals(
+                slide, tile, crops, model.labels(maps), maps[0], region=region,
+                min_area_px=max(settings.min_area_um2 / (mpp[0] * mpp[1]), 1.0),
+                max_area_px=settings.max_area_px(slide, HR_MPP))
+                if not accepted.duplicates(g)]
+            for g in found:
+                accepted.add(g)
+            per_tile.append((crops, embedding_key(slide, crops), found))
+        rows = [{"refine": "none", **match_instances(
+            [g for _, _, f in per_tile for g in f], truth).as_dict()}]
+        for with_point, agreement in itertools.product((False, True), (0.0, 0.3, 0.5, 0.7)):
+            outlines = []
+            for crops, key, found in per_tile:
+                outlines += refine_proposals(slide, crops, key, found, predictor,
+                                             batch=settings.refine_batch, agreement=agreement,
+                                             with_point=with_point)
+            rows.append({"refine": "box + point" if with_point else "box",
+                         "agreement": agreement, **match_instances(outlines, truth).as_dict()})
+            print(json.dumps(rows[-1]), flush=True)
+    (OUT / "refine_tuning.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
 def stage_test(args) -> dict:
     model = InstanceModel.load(OUT / "instance_decoder.pt")
     stromal = load_data("builtin:hgsc_stromal")[0]
@@ -271,7 +312,8 @@ def maps_figure(plt) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", choices=("train", "tune", "test", "figure", "all"),
+    parser.add_argument("--stage", choices=("train", "tune", "tune-refine", "test", "figure",
+                                            "all"),
                         default="all")
     parser.add_argument("--views", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=30)
@@ -290,6 +332,8 @@ def main() -> None:
         stage_train(args)
     if args.stage in ("tune", "all"):
         stage_tune(args)
+    if args.stage in ("tune-refine", "all"):
+        stage_tune_refine(args)
     if args.stage in ("test", "all"):
         stage_test(args)
     if args.stage in ("figure", "all"):

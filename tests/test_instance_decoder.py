@@ -150,6 +150,38 @@ def test_tile_cores_cover_the_region_once_and_glass_costs_nothing(nest):
             DecoderSettings(halo_px=400)
 
 
+@pytest.mark.slow
+def test_refine_replaces_each_proposal_only_where_wsi_sam_agrees_with_it(nest):
+    from napari_wsi_sam.model.instance_model import InstanceModel
+    from napari_wsi_sam.model.instance_registry import find_instance_decoder
+    from napari_wsi_sam.model.predictor import WsiSamPredictor
+    from napari_wsi_sam.pipeline.auto_decoder import DecoderSettings, tile_objects
+    from napari_wsi_sam.pipeline.auto_region import Accepted
+
+    model = InstanceModel.load(find_instance_decoder("hgsc_nuclei_instances").path)
+    predictor = WsiSamPredictor(model="wsi-sam", head="hgsc_nuclei", device="cpu")
+    region = box(400, 400, 560, 560)
+    found = {}
+    with open_slide(nest, mpp=0.5) as slide:
+        tile = plan_tiles(slide, region, hr_mpp=0.25, halo_px=128)[0]
+        for name, settings in (("plain", DecoderSettings()),
+                               ("refined", DecoderSettings(refine=True)),
+                               ("never", DecoderSettings(refine=True, refine_agreement=1.0))):
+            found[name] = [o.geometry for o in tile_objects(
+                slide, tile, model, predictor, region=region, hr_mpp=0.25, settings=settings,
+                accepted=Accepted(0.3))]
+    plain, refined = found["plain"], found["refined"]
+    assert len(plain) >= 5 and len(refined) == len(plain)
+    ious = [a.intersection(b).area / a.union(b).area for a, b in zip(plain, refined,
+                                                                     strict=True)]
+    changed = [v for v in ious if v < 1.0]
+    assert len(changed) >= len(plain) // 2  # WSI-SAM redraws most outlines ...
+    assert min(changed) >= 0.3  # ... and only where it agrees with the proposal
+    assert all(a.equals(b) for a, b in zip(plain, found["never"], strict=True))
+    with pytest.raises(PromptError, match="refine agreement"):
+        DecoderSettings(refine_agreement=1.5)
+
+
 # ------------------------------------------------------------------ the CLI, real model
 REGION = (250, 250, 950, 700)
 """700x450 px of hgsc_nest at 0.5 µm/px: 4 tiles at 40x, with nuclei on the cores' borders."""

@@ -7,10 +7,11 @@ objects whose centre lies in its core, so an object on a core border is kept by 
 tile, and whole: the halo is wider than any nucleus, so its crop sees all of it. Tiles with no
 tissue (the slide's thumbnail mask) are skipped before anything is read.
 
-With `refine`, each proposal's box and an inner point go through WSI-SAM (in batches, on the
-embeddings the tile already computed) and the prompt's mask replaces the proposal when the two
-agree (IoU >= `REFINE_AGREEMENT`). Stored as the grid method stores: one change-log group per
-run, each tile's objects before its progress is yielded; reruns add nothing.
+With `refine`, each proposal's box (and, with `refine_point`, an inner point) goes through
+WSI-SAM (in batches, on the embeddings the tile already computed) and the prompt's mask replaces
+the proposal when the two agree (IoU >= `refine_agreement`). Stored as the grid method stores:
+one change-log group per run, each tile's objects before its progress is yielded; reruns add
+nothing.
 """
 
 from __future__ import annotations
@@ -42,9 +43,6 @@ from .segment import crop_pair, embedding_key, mask_to_level0
 
 logger = logging.getLogger(__name__)
 
-REFINE_AGREEMENT = 0.5
-"""A refined mask replaces its proposal only when their IoU reaches this (else the prompt
-found another object, and the proposal stays)."""
 SCORE_KIND = "foreground"
 """What a decoder object's score is: the mean foreground probability over the object."""
 
@@ -57,6 +55,10 @@ class DecoderSettings:
         nucleus, so no kept object is cut by its crop).
     refine: send each proposal through WSI-SAM for the final outline.
     refine_batch: prompts per decoder call when refining.
+    refine_agreement: a refined mask replaces its proposal only when their IoU reaches this
+        (else the prompt found another object, and the proposal stays).
+    refine_point: prompt with the proposal's inner point as well as its box.
+        The two defaults were chosen on hgsc_nest's tuning stripe (docs/results.md).
     min_area_um2, max_area_um2: object area bounds (None: a tenth of the HR crop).
     duplicate_overlap: share of the smaller of two objects they must share to be one.
     watershed: thresholds overriding the decoder's own tuned ones.
@@ -65,6 +67,8 @@ class DecoderSettings:
     halo_px: int = 128
     refine: bool = False
     refine_batch: int = 16
+    refine_agreement: float = 0.3
+    refine_point: bool = False
     min_area_um2: float = 6.0
     max_area_um2: float | None = None
     duplicate_overlap: float = 0.3
@@ -74,6 +78,9 @@ class DecoderSettings:
         if not 0 <= self.halo_px < CROP_SIZE // 4:
             raise PromptError(f"the halo must be 0..{CROP_SIZE // 4 - 1} HR px, got "
                               f"{self.halo_px}")
+        if not 0.0 <= self.refine_agreement <= 1.0:
+            raise PromptError("refine agreement must be between 0 and 1, got "
+                              f"{self.refine_agreement}")
         if self.refine_batch < 1:
             raise PromptError(f"the refine batch must be >= 1, got {self.refine_batch}")
         if self.min_area_um2 < 0 or (self.max_area_um2 is not None
@@ -151,9 +158,10 @@ def tile_proposals(slide: Slide, tile: Tile, crops: CropPair, labels: np.ndarray
 
 
 def refine_proposals(slide: Slide, crops: CropPair, key: tuple, proposals: list[Areal],
-                     predictor: object, *, batch: int) -> list[Areal]:
-    """Each proposal's outline after WSI-SAM on its box and an inner point, where the two
-    agree; the proposal itself where they do not."""
+                     predictor: object, *, batch: int, agreement: float = 0.3,
+                     with_point: bool = False) -> list[Areal]:
+    """Each proposal's outline after WSI-SAM on its box (and inner point), where the two
+    agree (IoU >= `agreement`); the proposal itself where they do not."""
     out = list(proposals)
     if not proposals:
         return out
@@ -162,10 +170,11 @@ def refine_proposals(slide: Slide, crops: CropPair, key: tuple, proposals: list[
     points = crops.hr.map.to_crop(inner)
     for start in range(0, len(proposals), batch):
         stop = min(start + batch, len(proposals))
+        extra = ({"points": points[start:stop, None, :],
+                  "point_labels": np.ones((stop - start, 1), np.int64)} if with_point else {})
         prediction = predictor.predict(  # type: ignore[attr-defined]
             crops.hr.load, crops.lr.load, hr_to_lr=crops.hr_to_lr, cache_key=key,
-            boxes=boxes[start:stop], points=points[start:stop, None, :],
-            point_labels=np.ones((stop - start, 1), np.int64))
+            boxes=boxes[start:stop], **extra)
         for k, mask in enumerate(prediction.masks):
             placed = mask_to_level0(crops, mask, dimensions=slide.dimensions)
             if placed is None:
@@ -174,7 +183,7 @@ def refine_proposals(slide: Slide, crops: CropPair, key: tuple, proposals: list[
             proposal = proposals[start + k]
             union = shapely.union(refined, proposal).area
             if union > 0 and shapely.intersection(refined, proposal).area / union \
-                    >= REFINE_AGREEMENT:
+                    >= agreement:
                 out[start + k] = refined
     return out
 
@@ -209,7 +218,9 @@ def tile_objects(slide: Slide, tile: Tile, model: InstanceModel, predictor: obje
     outlines = [g for g, _ in found]
     if settings.refine:
         outlines = refine_proposals(slide, crops, key, outlines, predictor,
-                                    batch=settings.refine_batch)
+                                    batch=settings.refine_batch,
+                                    agreement=settings.refine_agreement,
+                                    with_point=settings.refine_point)
     out = []
     for geometry, (proposal, score) in zip(outlines, found, strict=True):
         accepted.add(geometry)
