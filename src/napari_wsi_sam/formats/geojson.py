@@ -99,6 +99,11 @@ def _feature(obj: AnnotationObject, *, mpp: tuple[float, float] | None) -> dict[
     return feature
 
 
+def geometry_json(geom: Areal) -> dict[str, Any]:
+    """A (Multi)Polygon as a GeoJSON geometry, rings oriented as GeoJSON wants."""
+    return _geometry_json(geom)
+
+
 def _geometry_json(geom: Areal) -> dict[str, Any]:
     geom = shapely.orient_polygons(geom)
     if isinstance(geom, Polygon):
