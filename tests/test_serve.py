@@ -198,7 +198,7 @@ def test_automask_with_the_slide_stores_objects_that_the_napari_session_sees(ser
                                                                              slide_copy):
     region = (1100.0, 1900.0, 1612.0, 2412.0)
     pixels = viewer_image(slide_copy, region=region, downsample=2.0)
-    auto = {"type": "sam", "b64img": b64png(pixels), "points_per_side": 4,
+    auto = {"type": "sam", "b64img": b64png(pixels), "points_per_side": 8,
             "pred_iou_thresh": 0.5, "stability_score_thresh": 0.5, "box_nms_thresh": 0.7,
             "output_type": "Single mask", "slide": slide_copy.name, "region": list(region)}
     found = parse_like_qupath(httpx.post(f"{server.url}/sam/automask/", json=auto,

@@ -22,6 +22,7 @@ from ..pipeline import Provenance
 from ..pipeline.auto_grid import AutoSettings, segment_all
 from ..pipeline.objects import outline_of, store_segmented
 from ..pipeline.segment import segment_prompt
+from ..scale import CROP_SIZE
 from ..slide.crop_grid import CropPairCache
 from ..store.files import slide_meta
 from ..store.object_store import ObjectStore, StoredObject
@@ -93,7 +94,8 @@ def automask_job(body: AutoMaskBody, run: Run):
     pixel_um2 = place.dx * place.dy * mpp[0] * mpp[1]
     try:
         settings = AutoSettings(
-            points_per_side=body.points_per_side or 32,
+            points_per_side=crop_points_per_side(body.points_per_side, place,
+                                                 hr_mpp=run.chosen.hr_mpp),
             min_score=body.pred_iou_thresh, min_stability=body.stability_score_thresh,
             box_nms=body.box_nms_thresh, min_area_um2=max(0, body.min_mask_region_area) *
             pixel_um2, decoder_batch=max(1, min(body.points_per_batch, 256)),
@@ -129,6 +131,18 @@ def automask_job(body: AutoMaskBody, run: Run):
             return out
 
     return job
+
+
+def crop_points_per_side(points_per_side: int | None, place: Place, *, hr_mpp: float) -> int:
+    """samapi's points per side of the sent image as the pipeline's points per side of an
+    HR crop (the same spacing on the tissue), within the pipeline's 1..256."""
+    if points_per_side is None:
+        points_per_side = 32
+    if not 1 <= points_per_side <= 256:
+        raise ServeError(f"points_per_side must be 1..256, got {points_per_side}")
+    mpp = place.slide.mpp or (1.0, 1.0)
+    across_hr_px = place.size[0] * place.dx * mpp[0] / hr_mpp
+    return max(1, min(256, round(points_per_side * CROP_SIZE / max(across_hr_px, 1.0))))
 
 
 class _store_for:
