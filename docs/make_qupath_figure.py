@@ -22,15 +22,15 @@ import httpx
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle  # noqa: E402
-from shapely.geometry import shape  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
+from shapely.geometry import shape
 
-from napari_wsi_sam.assets import fetch  # noqa: E402
-from napari_wsi_sam.serve import ServeConfig  # noqa: E402
+from napari_wsi_sam.assets import fetch
+from napari_wsi_sam.serve import ServeConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from test_serve import (  # noqa: E402
+from test_serve import (
     REGION,
     SAMPLE_BOX,
     Server,

@@ -223,14 +223,20 @@ def test_eight_concurrent_clients_lose_nothing(server, slide_copy):
     boxes = [(SAMPLE_BOX[0] + dx, SAMPLE_BOX[1] + dy, SAMPLE_BOX[2] + dx, SAMPLE_BOX[3] + dy)
              for dx in (-8, 0, 8, 16) for dy in (0, 12)]
 
-    def one(level0_box):
-        body = box_request(image, sent_bbox(level0_box), type="sam", slide=slide_copy.name,
-                           region=list(REGION))
+    wsi = next(w["url"] for w in httpx.get(f"{server.url}/sam/weights/").json()
+               if w["url"].startswith("napari-wsi-sam:wsi-sam:"))
+
+    def one(k):  # two models at once: two workers write into the one store
+        model = {"checkpoint_url": wsi} if k % 2 else {"type": "sam"}
+        body = box_request(image, sent_bbox(boxes[k]), slide=slide_copy.name,
+                           region=list(REGION), **model)
         return httpx.post(f"{server.url}/sam/", json=body, timeout=600)
 
     with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(one, boxes))
+        answers = list(pool.map(one, range(8)))
     ids = [parse_like_qupath(a)[0][0]["id"] for a in answers]
+    models = [parse_like_qupath(a)[0][0]["properties"]["model_spec"] for a in answers]
+    assert len(set(models)) == 2
     with open_slide(slide_copy) as slide, open_store(slide) as store:
         assert sorted(o.uuid for o in store.iter_live()) == sorted(ids) and len(set(ids)) == 8
 
@@ -311,6 +317,8 @@ def test_a_non_local_bind_without_a_token_is_refused_in_one_line():
 
 def test_samapi_progress_version_and_cancel_answer_as_samapi_does(server):
     assert httpx.get(f"{server.url}/sam/version/").text
+    video = httpx.post(f"{server.url}/sam/video/", json={})  # samapi's, not served here
+    assert video.status_code == 404 and "/sam/automask/" in video.json()["detail"]
     assert httpx.get(f"{server.url}/sam/progress/").json() == {"message": None, "percent": -1}
     assert httpx.get(f"{server.url}/sam/weights/cancel/").status_code == 200
     registered = httpx.post(f"{server.url}/sam/weights/",

@@ -162,7 +162,13 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _detail(422, one_line(error, 400))
 
     @app.exception_handler(HTTPException)
-    async def _http(_request: Request, error: HTTPException) -> JSONResponse:
+    async def _http(request: Request, error: HTTPException) -> JSONResponse:
+        if error.status_code == 404:
+            return _detail(404, f"no route {request.url.path[:80]} here; this server has "
+                                "/sam/, /sam/automask/, /sam/weights/, /sam/progress/, "
+                                "/sam/version/ and /sam/objects/")
+        if error.status_code == 405:
+            return _detail(405, f"{request.method} is not allowed on {request.url.path[:80]}")
         return _detail(error.status_code, one_line(ValueError(str(error.detail)), 200))
 
     @app.exception_handler(MemoryError)
