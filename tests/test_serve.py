@@ -178,6 +178,11 @@ def test_points_and_automask_on_the_sent_image_alone_say_so(server, slide_copy):
     assert props["model"] == "sam"
     assert props["context"] == "sent image (no 5x context: the request names no slide)"
     assert props["stored"].startswith("nowhere:")
+    # another image at the same place never reuses the first one's embedding
+    flipped = {**body, "b64img": b64png(np.ascontiguousarray(pixels[:, ::-1]))}
+    [(other, _)] = parse_like_qupath(httpx.post(f"{server.url}/sam/", json=flipped,
+                                                timeout=600))
+    assert shape(other["geometry"]).symmetric_difference(shape(feature["geometry"])).area > 0
     # SAMAutoMaskParameters, every field set as the extension's dialog does
     auto = {"type": "vit_t", "b64img": b64png(pixels[100:356, 100:356]), "points_per_side": 4,
             "points_per_batch": 16, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.5,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import logging
 import threading
@@ -66,10 +67,13 @@ def decode_image(b64: str, *, max_pixels: int) -> np.ndarray:
 
 
 def sent_image_slide(pixels: np.ndarray) -> Slide:
-    """The sent image as a one-level slide of nominal pixel size `SENT_IMAGE_MPP`."""
+    """The sent image as a one-level slide of nominal pixel size `SENT_IMAGE_MPP`. Its path
+    names the pixels' digest, so the predictor's embedding cache (keyed by slide path) reuses
+    an embedding only for the very same image (QuPath resends it for each prompt)."""
     height, width = pixels.shape[:2]
+    digest = hashlib.sha1(pixels.tobytes()).hexdigest()[:16]
     level = da.from_array(pixels, chunks=(min(1024, height), min(1024, width), 3))
-    return Slide(Path("sent-image.png"), levels=[level], scales=[(1.0, 1.0)],
+    return Slide(Path(f"sent-image-{digest}.png"), levels=[level], scales=[(1.0, 1.0)],
                  mpp=(SENT_IMAGE_MPP, SENT_IMAGE_MPP), vendor="image", backend="memory")
 
 
