@@ -330,3 +330,26 @@ def test_samapi_progress_version_and_cancel_answer_as_samapi_does(server):
                             json={"type": "vit_t", "name": "sam", "url": "/x.pt"})
     assert registered.status_code == 404  # no such file here; never a 500
     json.loads(registered.text)
+
+
+def test_registering_weights_installs_a_head_as_heads_install_does(monkeypatch, tmp_path):
+    from napari_wsi_sam.model.registry import SHIPPED_HEADS_DIR
+    from napari_wsi_sam.paths import HOME_ENV
+
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "cache"))  # install into a scratch cache
+    head = sorted(SHIPPED_HEADS_DIR.glob("*.pt"))[0]
+    copy = tmp_path / "my head.pt"
+    shutil.copyfile(head, copy)
+    running = Server(ServeConfig())
+    try:
+        # SAMRegisterWeightsTask's body: SAMWeights(type, name, url)
+        body = {"type": "vit_t", "name": "my_head", "url": copy.as_uri()}
+        answer = httpx.post(f"{running.url}/sam/weights/", json=body)
+        assert answer.status_code == 200 and "napari-wsi-sam:wsi-sam:my_head" in answer.text
+        assert (tmp_path / "cache" / "heads" / "my_head.pt").is_file()
+        listed = httpx.get(f"{running.url}/sam/weights/?type=vit_t").json()
+        assert "napari-wsi-sam:wsi-sam:my_head" in {w["url"] for w in listed}
+        again = httpx.post(f"{running.url}/sam/weights/", json=body)
+        assert again.status_code == 200 and "already exists" in again.text
+    finally:
+        running.stop()
