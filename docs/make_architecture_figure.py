@@ -26,7 +26,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "napari_wsi_sam"
 # (column, row) of each room: higher rows may import lower rows only
 PLACES = {
     "ui": (1.0, 5), "cli": (3.2, 5),
-    "session": (2.1, 4),
+    "session": (2.1, 4), "serve": (4.2, 4),
     "cohort": (0.6, 3), "evaluation": (3.4, 3),
     "pipeline": (1.4, 2), "train": (3.4, 2),
     "model": (0.2, 1), "slide": (1.5, 1), "store": (2.8, 1), "formats": (4.1, 1),

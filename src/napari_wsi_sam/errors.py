@@ -52,6 +52,14 @@ class UsageError(WsiSamError, ValueError):
     """A setting or name the user gave is not one this package knows (a model, a head, a range)."""
 
 
+class ServeError(WsiSamError, ValueError):
+    """A request to ``napari-wsi-sam serve`` cannot be answered as asked (HTTP 4xx)."""
+
+    def __init__(self, message: str, *, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class TrainingError(WsiSamError, ValueError):
     """Training cannot start or go on: bad settings, no usable objects, a foreign checkpoint."""
 

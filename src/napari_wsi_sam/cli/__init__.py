@@ -15,11 +15,24 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import WsiSamError, one_line
-from . import cohort, data, demo, evaluate, heads, objects, segment, slide, train, view, weights
+from . import (
+    cohort,
+    data,
+    demo,
+    evaluate,
+    heads,
+    objects,
+    segment,
+    serve,
+    slide,
+    train,
+    view,
+    weights,
+)
 from .args import OneLineParser
 
 COMMAND_MODULES = [data, slide, demo, segment, objects, cohort, train, evaluate, heads, view,
-                   weights]
+                   weights, serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

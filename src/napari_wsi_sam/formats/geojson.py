@@ -88,9 +88,20 @@ def _feature(obj: AnnotationObject, *, mpp: tuple[float, float] | None) -> dict[
         if not (mx > 0 and my > 0):
             raise AnnotationError(f"mpp must be two positive numbers (x, y) µm/px, got {mpp!r}")
         measurements["Area µm^2"] = area * mx * my
+    uid = extra.pop("uuid", None)
     props.update(extra)
     props["measurements"] = measurements
-    return {"type": "Feature", "geometry": _geometry_json(obj.geometry), "properties": props}
+    feature: dict[str, Any] = {"type": "Feature"}
+    if uid is not None:  # QuPath writes an object's UUID as the Feature's own id
+        feature["id"] = str(uid)
+    feature["geometry"] = _geometry_json(obj.geometry)
+    feature["properties"] = props
+    return feature
+
+
+def geometry_json(geom: Areal) -> dict[str, Any]:
+    """A (Multi)Polygon as a GeoJSON geometry, rings oriented as GeoJSON wants."""
+    return _geometry_json(geom)
 
 
 def _geometry_json(geom: Areal) -> dict[str, Any]:

@@ -105,6 +105,8 @@ def annotation_object(obj: StoredObject, colors: dict[str, str]) -> AnnotationOb
         properties["score_kind"] = obj.score_kind
     if obj.parent is not None:
         properties["parent"] = obj.parent
+    if obj.uuid:
+        properties["uuid"] = obj.uuid
     return AnnotationObject(id=obj.id, geometry=obj.geometry, class_name=obj.class_name,
                             color=as_rgb(colors.get(obj.class_name)), properties=properties)
 
@@ -153,12 +155,13 @@ def import_objects(store: ObjectStore, path: Path, *, default_class: str = "impo
             for k in range(len(result.objects))]
     done = store.live_by_resume_key(k for k in keys if k is not None)
     known = store.classes()
+    uuids = kept_uuids(store, result.objects)
     items = []
     skipped = list(result.skipped)
     if done:
         skipped.append(f"{len(done)} outlines of {Path(path).name} that are already in the "
                        "store (imported before; kept, not duplicated)")
-    for obj, key in zip(result.objects, keys, strict=True):
+    for obj, key, uid in zip(result.objects, keys, uuids, strict=True):
         if key in done:
             continue
         name = obj.class_name or default_class
@@ -168,10 +171,36 @@ def import_objects(store: ObjectStore, path: Path, *, default_class: str = "impo
         score = obj.score
         items.append(NewObject(obj.geometry, name, model=obj.model or IMPORTED,
                                score=score, score_kind=obj.properties.get("score_kind")
-                               if score is not None else None, resume_key=key))
+                               if score is not None else None, resume_key=key, uuid=uid))
     ids = store.add_many(items, group=group, op="import") if items else []
     logger.info("imported %d objects from %s (%d skipped)", len(ids), path, len(skipped))
     return ids, skipped
+
+
+def kept_uuids(store: ObjectStore, objects: list[AnnotationObject]) -> list[str | None]:
+    """The UUID each imported object keeps (its Feature's ``id``, as QuPath writes it), or
+    None (a new one) where it has none, it is not a UUID, it repeats, or the store already
+    holds an object with it (a second import of the same objects stays two objects)."""
+    import uuid
+
+    wanted: list[str | None] = []
+    for obj in objects:
+        text = obj.properties.get("uuid")
+        try:
+            wanted.append(str(uuid.UUID(str(text))) if text is not None else None)
+        except ValueError:
+            wanted.append(None)
+    taken = set(store.ids_by_uuid(u for u in wanted if u is not None))
+    out: list[str | None] = []
+    for uid in wanted:
+        if uid is not None and uid in taken:
+            logger.info("an imported object's UUID %s is taken in the store; it gets a new one",
+                        uid)
+            uid = None
+        if uid is not None:
+            taken.add(uid)
+        out.append(uid)
+    return out
 
 
 def _file_digest(path: Path) -> str | None:

@@ -39,6 +39,7 @@ from . import changes as changes
 from . import hierarchy as hierarchy
 from . import history as history
 from . import schema as schema
+from . import upgrade as upgrade
 from .colors import as_hex
 from .records import (
     CHANGE_COLUMNS,
@@ -54,6 +55,11 @@ from .records import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def new_uuid() -> str:
+    """A new object's UUID, written as QuPath writes its objects' ids."""
+    return str(uuid.uuid4())
 
 QUICK_CHECK_BYTES = 64 * 2**20
 """Stores smaller than this are checked at every open (about 0.1 s per 100,000 objects)."""
@@ -168,6 +174,10 @@ class ObjectStore:
         try:
             if check:
                 schema.quick_check(conn, path)
+            if read_only:
+                upgrade.view_without_upgrade(conn)
+            else:
+                upgrade.upgrade(conn, path)
             store = cls(path, conn, read_only=read_only, journal=journal, writer=writer)
         except (StoreError, sqlite3.Error) as error:
             conn.close()
@@ -327,6 +337,18 @@ class ObjectStore:
                     f"({marks})", part))
         return out
 
+    def ids_by_uuid(self, uuids: Iterable[str]) -> dict[str, int]:
+        """uuid -> id of the objects (live or deleted) that carry one of `uuids`."""
+        wanted = list(dict.fromkeys(str(u) for u in uuids))
+        found: dict[str, int] = {}
+        with self._lock:
+            for start in range(0, len(wanted), 500):
+                part = wanted[start:start + 500]
+                found.update((u, int(i)) for u, i in self._conn.execute(
+                    f"SELECT uuid, id FROM objects WHERE uuid IN ({','.join('?' * len(part))})",
+                    part))
+        return found
+
     def version_info(self, vids: Iterable[int]) -> dict[int, tuple[str, Window]]:
         """vid -> (class, bounds) of versions (what a raster must redraw when they change)."""
         wanted = sorted({int(v) for v in vids})
@@ -399,8 +421,9 @@ class ObjectStore:
             now = time.time()
             for item, geometry in items:
                 cursor = conn.execute(
-                    "INSERT INTO objects (id, current, deleted, created, resume_key) "
-                    "VALUES (?, 0, 0, ?, ?)", (item.id, item.created or now, item.resume_key))
+                    "INSERT INTO objects (id, current, deleted, created, resume_key, uuid) "
+                    "VALUES (?, 0, 0, ?, ?, ?)", (item.id, item.created or now,
+                                                  item.resume_key, item.uuid or new_uuid()))
                 object_id = int(cursor.lastrowid)  # type: ignore[arg-type]
                 vid = changes.insert_version(conn, object_id, 1, op, item, geometry, now)
                 changes.set_state(conn, object_id, vid, deleted=False, geometry=geometry)

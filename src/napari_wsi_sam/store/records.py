@@ -15,7 +15,7 @@ from . import schema as schema
 
 VERSION_COLUMNS = ("v.vid, v.object_id, v.number, v.op, v.time, v.class_name, v.model, v.head, "
                    "v.score, v.score_kind, v.prompt, v.geometry, v.x0, v.y0, v.x1, v.y1, "
-                   "v.area, o.created, o.parent, o.resume_key, o.deleted, o.current")
+                   "v.area, o.created, o.parent, o.resume_key, o.deleted, o.current, o.uuid")
 CHANGE_COLUMNS = ("seq, object_id, op, before_vid, before_deleted, after_vid, after_deleted, "
                   "writer, group_id")
 
@@ -27,6 +27,7 @@ class StoredObject:
     geometry: Polygon or MultiPolygon, level-0 px. bounds: integer px covering it.
     score_kind: what `score` measures ("predicted_iou", "stability"; `model.registry`).
     prompt: the prompt that made this version (box, points, labels), or None.
+    uuid: the object's stable UUID (the same for every version; GeoJSON's Feature ``id``).
     """
 
     id: int
@@ -47,12 +48,14 @@ class StoredObject:
     deleted: bool
     op: str = "create"
     is_current: bool = True
+    uuid: str | None = None
 
 
 @dataclass(frozen=True)
 class NewObject:
     """An object to add (`ObjectStore.add_many`). id and created keep those of an object
-    brought from elsewhere (a migrated store); by default a new id and now."""
+    brought from elsewhere (a migrated store); by default a new id and now. uuid keeps an
+    object's identity from elsewhere (a QuPath Feature's ``id``); by default a new uuid4."""
 
     geometry: Areal
     class_name: str
@@ -64,6 +67,7 @@ class NewObject:
     resume_key: str | None = None
     id: int | None = None
     created: float | None = None
+    uuid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ def class_filter(sql: str, classes: Sequence[str] | None, args: tuple = ()
 
 def stored(row: Sequence[Any], geometry: Areal | None = None) -> StoredObject:
     (vid, object_id, number, op, edited, class_name, model, head, score, score_kind, prompt,
-     blob, x0, y0, x1, y1, area, created, parent, resume_key, deleted, current) = row
+     blob, x0, y0, x1, y1, area, created, parent, resume_key, deleted, current, uid) = row
     return StoredObject(
         id=int(object_id), version=int(number),
         geometry=geometry if geometry is not None else schema.unpack_geometry(blob),
@@ -115,7 +119,7 @@ def stored(row: Sequence[Any], geometry: Areal | None = None) -> StoredObject:
         prompt=None if prompt is None else json.loads(prompt), bounds=(x0, y0, x1, y1),
         area=float(area), created=float(created), edited=float(edited),
         parent=None if parent is None else int(parent), resume_key=resume_key,
-        deleted=bool(deleted), op=op, is_current=int(vid) == int(current))
+        deleted=bool(deleted), op=op, is_current=int(vid) == int(current), uuid=uid)
 
 
 def stored_many(rows: list[Sequence[Any]]) -> list[StoredObject]:

@@ -3,7 +3,9 @@
 One file per slide, ``objects.sqlite``. Tables (see docs/objects.md):
 
 - ``objects``: one row per object: its current version, whether it is deleted, its parent
-  (the smallest live object that covers it), its resume key, when it was created;
+  (the smallest live object that covers it), its resume key, when it was created, and its
+  UUID (stable through every version, and through a round trip with QuPath, which writes it
+  as the GeoJSON Feature's ``id``; schema version 2, `upgrade` adds it to older stores);
 - ``versions``: every version of every object (append-only): geometry (level-0 px, WKB,
   zlib), class, model, head, score, prompt, bounds and area;
 - ``live_bounds``: an R*Tree over the bounds of live objects, for viewport and click queries;
@@ -36,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 DB_NAME = "objects.sqlite"
 APPLICATION_ID = 0x57534153  # "WSAS"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 JOURNAL_ENV = "NAPARI_WSI_SAM_JOURNAL"
 """Force the journal mode: ``wal`` or ``delete`` (default: chosen by the file system)."""
 BUSY_TIMEOUT_MS = 30_000
@@ -54,8 +56,10 @@ CREATE TABLE objects (
     deleted INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
     parent INTEGER,
-    resume_key TEXT
+    resume_key TEXT,
+    uuid TEXT NOT NULL
 );
+CREATE UNIQUE INDEX objects_uuid ON objects (uuid);
 CREATE INDEX objects_resume ON objects (resume_key) WHERE resume_key IS NOT NULL;
 CREATE INDEX objects_parent ON objects (parent) WHERE parent IS NOT NULL;
 CREATE TABLE versions (
