@@ -107,15 +107,22 @@ def objects_from_maps(slide, tiles, region, watershed: WatershedSettings,
     return geoms
 
 
-def stage_tune(args) -> dict:
-    model = InstanceModel.load(args.tune_from or OUT / "train" / "instance_decoder.pt")
-    predictor = WsiSamPredictor(model="sam", device="cpu")
+def tuning_stripe(model, predictor, settings):
+    """The hgsc_nest stripe both tuning stages score on: its image, region, tile maps,
+    slide and true nuclei."""
     nest = load_data("builtin:hgsc_nest")[0]
-    settings = DecoderSettings()
     with open_slide(nest.image, mpp=0.5) as slide:
         region = tune_region(*slide.dimensions)
     tiles, slide = tile_maps(nest, region, model, predictor, settings)
     truth = cut_to([o.geometry for o in nest.objects], region, min_area=MIN_TRUE_AREA)
+    return nest, region, tiles, slide, truth
+
+
+def stage_tune(args) -> dict:
+    model = InstanceModel.load(args.tune_from or OUT / "train" / "instance_decoder.pt")
+    predictor = WsiSamPredictor(model="sam", device="cpu")
+    settings = DecoderSettings()
+    _, region, tiles, slide, truth = tuning_stripe(model, predictor, settings)
     rows = []
     grid = itertools.product((0.4, 0.5, 0.6, 0.7), (0.4, 0.5, 0.6, 0.7), (0.6, 0.7, 0.8, 0.9),
                              (12,), (False, True))
@@ -150,12 +157,8 @@ def stage_tune_refine(args) -> list[dict]:
 
     model = InstanceModel.load(args.tune_from or OUT / "instance_decoder.pt")
     predictor = WsiSamPredictor(model="wsi-sam", head="hgsc_nuclei", device="cpu")
-    nest = load_data("builtin:hgsc_nest")[0]
     settings = DecoderSettings()
-    with open_slide(nest.image, mpp=0.5) as slide:
-        region = tune_region(*slide.dimensions)
-    tiles, slide = tile_maps(nest, region, model, predictor, settings)
-    truth = cut_to([o.geometry for o in nest.objects], region, min_area=MIN_TRUE_AREA)
+    nest, region, tiles, slide, truth = tuning_stripe(model, predictor, settings)
     per_tile = []
     accepted = Accepted(settings.duplicate_overlap)
     mpp = slide.require_mpp()
