@@ -67,12 +67,14 @@ def legacy_project(self: FeatureFusion, vectors: torch.Tensor, upscaled: torch.T
 
 
 LEVERS: dict[str, dict[str, object]] = {
-    "warm WSI-SAM prompt, as before (NCHW fusion)": {"legacy": True},
-    "warm WSI-SAM prompt, default (channels-last fusion)": {},
-    "  + HR and LR passes stacked in one call": {"stack_passes": True},
-    "  + bfloat16 decoder and fusion": {"decoder_precision": "bfloat16"},
-    "  + no third pass (exact_sam=False)": {"exact_sam": False},
-    "  + bfloat16 and no third pass": {"decoder_precision": "bfloat16", "exact_sam": False},
+    "warm WSI-SAM prompt, default (ONNX Runtime)": {},
+    "warm WSI-SAM prompt, eager PyTorch (before)": {"runtime": "torch"},
+    "  eager + NCHW fusion (release 0.1)": {"runtime": "torch", "legacy": True},
+    "  eager + HR and LR passes stacked": {"runtime": "torch", "stack_passes": True},
+    "  eager + bfloat16 decoder and fusion": {"runtime": "torch", "decoder_precision": "bfloat16"},
+    "  ONNX + no third pass (exact_sam=False)": {"exact_sam": False},
+    "warm SAM prompt, default (ONNX Runtime)": {"model": "sam"},
+    "warm SAM prompt, eager PyTorch (before)": {"model": "sam", "runtime": "torch"},
 }
 """Warm-prompt rows: predictor attributes of each lever, applied to the default predictor."""
 
@@ -82,6 +84,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--plot", type=str, default=None,
+                        help="also draw the warm and cold prompt rows as a bar chart (PNG)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     sync = args.device.startswith("cuda")
@@ -106,10 +110,10 @@ def main() -> None:
             parts.encoder(x)
             compiled = median_time(lambda: parts.encoder(x), args.repeats, sync=sync)
 
-    def prompt_times(precision: str) -> tuple[float, float, float, float]:
+    def prompt_times(settings: Mapping[str, str]) -> tuple[float, float, float, float]:
         """(encoder pass, cold WSI-SAM prompt, warm WSI-SAM prompt, warm SAM prompt)."""
         predictor = WsiSamPredictor(device=args.device, parts={"mobile_sam": parts},
-                                    precision=precision, head="hgsc_nuclei")
+                                    head="hgsc_nuclei", **settings)  # type: ignore[arg-type]
         counter = iter(range(10**6))
 
         def cold() -> object:
@@ -126,10 +130,13 @@ def main() -> None:
                                sync=sync)
         return encoder, cold_wsi, warm_wsi, warm_sam
 
-    fp32 = prompt_times("float32")
-    auto = prompt_times("auto")
-    auto_dtype = encoder_dtype(torch.device(args.device), "auto")
-    auto_name = "float32" if auto_dtype is None else str(auto_dtype).replace("torch.", "")
+    bf16 = encoder_dtype(torch.device(args.device), "auto") is not None
+    configs = {"eager float32": {"precision": "float32", "runtime": "torch"}}
+    if bf16:
+        configs["eager bfloat16 (before)"] = {"precision": "bfloat16", "runtime": "torch"}
+    configs["default (ONNX Runtime float32)" if not sync else "default"] = {}
+    prompt_rows = {name: prompt_times(settings) for name, settings in configs.items()}
+    first = {warm: first_prompt(hr, lr, box, args.device, warm=warm) for warm in (False, True)}
 
     reference = reference_predictor(paths["mobile_sam.pt"], args.device)
     ref_encoder = None
@@ -147,23 +154,68 @@ def main() -> None:
         ("encoder, channels_last float32 (1 crop)", last, ref_encoder)]
     if compiled is not None:
         rows.append(("encoder, compiled float32 (1 crop)", compiled, ref_encoder))
-    for name, (encoder, cold_wsi, _warm, warm_sam) in (("float32", fp32),
-                                                       (f"auto={auto_name}", auto)):
-        rows += [(f"encoder in the predictor, {name} (1 crop)", encoder, ref_encoder),
-                 (f"cold WSI-SAM prompt, {name} (2 passes + decoder)", cold_wsi, ref_cold),
-                 (f"warm SAM prompt, {name} (cached)", warm_sam, ref_prompt)]
+    for name, (encoder, cold_wsi, _warm, _warm_sam) in prompt_rows.items():
+        rows += [(f"encoder in the predictor, {name}", encoder, ref_encoder),
+                 (f"cold WSI-SAM prompt, {name}", cold_wsi, ref_cold)]
+    rows += [("first prompt, new predictor, no warm-up (loads)", first[False], None),
+             ("first prompt after warm_up() (encoder passes only)", first[True], None)]
     rows += [(name, levers[name], ref_prompt) for name in LEVERS]
     for size, (ours, ref) in batches.items():
-        rows.append((f"warm WSI-SAM, per prompt at batch {size} (default)", ours, ref))
+        rows.append((f"warm WSI-SAM, per prompt of {size} at once (default)", ours, ref))
     device = torch.cuda.get_device_name() if sync else f"CPU, {torch.get_num_threads()} threads"
     print(f"\ndevice: {device}; torch {torch.__version__}; medians of {args.repeats}+ runs")
     print(f"{'':56s} {'ours (s)':>9s} {'reference (s)':>14s} {'ref/ours':>9s}")
     for name, ours, ref in rows:
         ref_text = f"{ref:14.3f}" if ref is not None else f"{'-':>14s}"
         print(f"{name:56s} {ours:9.3f} {ref_text} {ratio(ours, ref):>9s}")
-    print("reference: official MobileSAM SamPredictor, float32; its cold row is two set_image "
-          "calls (HR and LR crops) + one predict; warm rows: SamPredictor.predict (batch 1) "
-          "or predict_torch (batch B, per prompt); the WSI-SAM rows use the shipped head")
+    if args.plot:
+        plot_rows(rows, args.plot, device)
+    print("reference: official MobileSAM SamPredictor, float32 eager PyTorch; its cold row is "
+          "two set_image calls (HR and LR crops) + one predict; warm rows: "
+          "SamPredictor.predict (batch 1, round-robin with ours) or predict_torch (batch B, "
+          "per prompt); the WSI-SAM rows use the shipped head")
+
+
+def first_prompt(hr: np.ndarray, lr: np.ndarray, box: np.ndarray, device: str, *,
+                 warm: bool) -> float:
+    """Seconds of the first prompt of a new predictor (its weights not loaded), with or
+    without `warm_up()` first (graphs already on disk from the rows before)."""
+    predictor = WsiSamPredictor(device=device, head="hgsc_nuclei")
+    if warm:
+        predictor.warm_up()
+    start = time.perf_counter()
+    predictor.predict(hr, lr, boxes=box, cache_key="first")
+    return time.perf_counter() - start
+
+
+def plot_rows(rows: list[tuple[str, float, float | None]], path: str, device: str) -> None:
+    """Warm prompts (ms) and cold prompts (s), ours beside MobileSAM's own, as bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    warm = [(n.strip(), o * 1e3, r * 1e3 if r else None) for n, o, r in rows
+            if n.lstrip().startswith(("warm", "eager", "ONNX")) and "per prompt" not in n]
+    cold = [(n.replace("cold WSI-SAM prompt, ", ""), o, r) for n, o, r in rows
+            if n.startswith("cold")]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [3, 2]})
+    for ax, items, unit, target in ((axes[0], warm, "ms", 60.0), (axes[1], cold, "s", 1.0)):
+        names = [n for n, _, _ in items]
+        ax.barh(names, [o for _, o, _ in items], color="#4c72b0", label="napari-wsi-sam")
+        ref = next((r for _, _, r in items if r), None)
+        if ref:
+            ax.axvline(ref, color="#c44e52", linestyle="--",
+                       label=f"MobileSAM's own ({ref:.3g} {unit})")
+        ax.axvline(target, color="#55a868", linestyle=":", label=f"target {target:g} {unit}")
+        ax.invert_yaxis()
+        ax.set_xlabel(unit)
+        ax.legend(loc="upper right", fontsize=8)
+    axes[0].set_title("warm prompt (embeddings cached)")
+    axes[1].set_title("cold WSI-SAM prompt\n(2 encoder passes + decoder)")
+    fig.suptitle(f"WSI-SAM prompt cost, {device}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def ratio(ours: float, ref: float | None) -> str:
@@ -187,19 +239,21 @@ def lever_times(parts: object, reference: object | None, hr: np.ndarray, lr: np.
     """Warm-prompt seconds per lever (round-robin with the reference decoder), and per-prompt
     seconds at larger prompt batches (ours, reference)."""
     predictor = WsiSamPredictor(device=device, parts={"mobile_sam": parts}, head="hgsc_nuclei")
-    defaults = {"exact_sam": True, "decoder_precision": "float32", "stack_passes": False}
+    defaults = {"exact_sam": True, "decoder_precision": "float32", "stack_passes": False,
+                "runtime": "auto"}
     fusion = type(predictor.head.hr.fusion)
 
     def lever(settings: Mapping[str, object]) -> Callable[[], object]:
         def call() -> object:
             for key, value in {**defaults, **settings}.items():
-                if key != "legacy":
+                if key not in ("legacy", "model"):
                     setattr(predictor, key, value)
             saved = fusion.project
             if settings.get("legacy"):
                 fusion.project = legacy_project  # type: ignore[method-assign]
             try:
-                return predictor.predict(hr, lr, boxes=box, cache_key="warm")
+                return predictor.predict(hr, lr, boxes=box, cache_key="warm",
+                                         model=settings.get("model", "wsi-sam"))
             finally:
                 fusion.project = saved  # type: ignore[method-assign]
         return call
@@ -219,7 +273,8 @@ def lever_times(parts: object, reference: object | None, hr: np.ndarray, lr: np.
         index = np.arange(size)
         dx, dy = index % 8 * 100.0 + index // 64 * 7, index // 8 % 8 * 80.0
         boxes = box + np.stack([dx, dy, dx, dy], 1)  # an 8x8 grid of boxes over the crop
-        predictor.decoder_batch = size
+        for key, value in defaults.items():  # the default path, its default decoder batch
+            setattr(predictor, key, value)
         ours = median_time(lambda b=boxes: predictor.predict(hr, lr, boxes=b, cache_key="warm"),
                            repeats, sync=sync) / size
         ref = None

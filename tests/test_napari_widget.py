@@ -511,3 +511,30 @@ def test_train_a_head_from_the_objects_while_annotating(make_napari_viewer, qtbo
     assert choice.label == "wsi-sam · nucleus · 40x" and widget.session.choice.spec == choice.spec
     assert choice.head.settings.heldout["hr_mpp"] == 0.25
     assert widget.session.store.count() == 41  # training changed nothing of the store
+
+
+@pytest.mark.warm_up
+def test_opening_a_slide_warms_the_model_up_so_the_first_prompt_loads_nothing(
+        make_napari_viewer, qtbot, slide_copy):
+    """The widget loads and runs the chosen model in the background when the slide opens (and
+    again when another model is picked): the first box then pays one encoder pass, no
+    loading, and the predictor it uses is the one warmed up."""
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(slide_copy), plugin="napari-wsi-sam")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-wsi-sam", "WSI-SAM")
+    session = widget.session
+    assert widget.warm_worker is not None and widget.warming
+    qtbot.waitUntil(lambda: not widget.warming, timeout=120_000)
+    warmed = session._predictors[(session.choice.spec, session.device)]
+    assert warmed.encoder_calls == 1 and len(warmed.cache) == 0
+    assert "mobile_sam" in warmed._parts
+    draw_box(viewer, FOLLICLE)
+    wait_idle(widget, qtbot)
+    assert len(session.store.ids()) == 1
+    assert session.predictor() is warmed and warmed.encoder_calls == 2  # the HR crop only
+
+    first = widget.warm_worker
+    widget.models.select(registry.parse_choice("wsi-sam", head="hgsc_nuclei"))
+    assert widget.warm_worker is not first  # a model picked: warmed up again
+    qtbot.waitUntil(lambda: not widget.warming, timeout=120_000)
+    assert session.predictor().encoder_calls == 1

@@ -87,6 +87,7 @@ class AnnotationSession:
         self.selected: int | None = None
         self.queue = RequestQueue()
         self._predictors: dict[tuple[str, str], Any] = {}
+        self._predictors_lock = threading.RLock()  # the warm-up thread builds them too
         self._mobile: Any = None  # MobileSAM's parts, loaded once and shared
         self._crop_cache = CropPairCache()
         self._instance_model: Any = None
@@ -126,15 +127,27 @@ class AnnotationSession:
         """The predictor of the current model and device, loaded once (MobileSAM shared); it
         reads precomputed embeddings (`napari-wsi-sam precompute`) where there are some."""
         key = (self.choice.spec, self.device)
-        if key not in self._predictors:
-            parts = ({"mobile_sam": self.mobile_parts()}
-                     if self.choice.base.weights == "mobile_sam" else None)
-            self._predictors[key] = attach_embeddings(
-                build_predictor(self.choice, device=self.device, parts=parts))
-        return self._predictors[key]
+        with self._predictors_lock:
+            if key not in self._predictors:
+                parts = ({"mobile_sam": self.mobile_parts()}
+                         if self.choice.base.weights == "mobile_sam" else None)
+                self._predictors[key] = attach_embeddings(
+                    build_predictor(self.choice, device=self.device, parts=parts))
+            return self._predictors[key]
+
+    def warm_up(self) -> None:
+        """Load the current model and run it once on a blank crop pair (its encoder, its
+        decoder graph: `WsiSamPredictor.warm_up`), so that the first prompt pays only the
+        encoder. The widget calls it off the Qt thread when a slide opens or a model is
+        picked; a prompt that comes meanwhile waits for it instead of loading twice."""
+        self.predictor().warm_up()
 
     def mobile_parts(self) -> Any:
         """MobileSAM's frozen parts, loaded once and shared by every predictor and training."""
+        with self._predictors_lock:
+            return self._load_mobile()
+
+    def _load_mobile(self) -> Any:
         if self._mobile is None:
             from ..model.sam import load_sam
 

@@ -46,6 +46,7 @@ from ..slide import CropPair
 from ..store.colors import as_hex
 from ..store.files import open_store
 from . import layers as ui_layers
+from . import workers
 from .annotator import Annotator, shapes_of
 from .model_controls import ModelControls
 from .shapes import region_of, shapes_to_items
@@ -71,9 +72,18 @@ __all__ = ["WsiSamWidget"]
 class WsiSamWidget(Container):
     """Dock widget: the slide, the model, classes, and actions on the slide's objects."""
 
+    warm_up_models: bool = True
+    """Load and run the chosen model once in the background when a slide opens or another
+    model or device is picked, so the first prompt pays no model loading (tests turn it off
+    where they do not test it: each warm-up costs an encoder pass)."""
+
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
         self.session: AnnotationSession | None = None
+        self.warm_worker: Any = None
+        self.warming = False
+        """True from a warm-up's start until it finished (tests and the status wait on it)."""
+        self._warmed: tuple[int, str, str] | None = None
         self.annotator: Annotator | None = None
         self.last_crops: CropPair | None = None
         self._slide_layer = ComboBox(name="slide", label="Slide", choices=self._slide_layer_choices)
@@ -271,6 +281,25 @@ class WsiSamWidget(Container):
         if self.annotator is not None:
             self.annotator.live = bool(self._live.value)
             self.annotator.boxes_refine = self._boxes.value.startswith("refines")
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Warm the session's model up in a thread, once per slide, model and device."""
+        session = self.session
+        if session is None or not self.warm_up_models:
+            return
+        key = (id(session), session.choice.spec, session.device)
+        if key == self._warmed:
+            return
+        self._warmed = key
+        worker = workers.warm_up(session)
+        worker.returned.connect(
+            lambda result: self.report(result.message, "error")
+            if isinstance(result, workers.UserError) else None)
+        worker.finished.connect(lambda: setattr(self, "warming", worker is not self.warm_worker
+                                                and self.warming))
+        self.warm_worker, self.warming = worker, True
+        worker.start()
 
     # ---------------------------------------------------------------- classes
     def _class_choices(self, _widget: Any = None) -> list[str]:

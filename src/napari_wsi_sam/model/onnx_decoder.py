@@ -1,0 +1,320 @@
+"""The prompt side of SAM and WSI-SAM on ONNX Runtime: the interactive path on a CPU.
+
+Eager PyTorch pays per-op overhead at batch 1 that a warm prompt feels: SAM's decoder costs
+~40 ms eager and ~21 ms in ONNX Runtime on 2 cores (docs/performance.md). Here each decoder is
+traced into one ONNX graph (`onnx_runtime`: exported once per set of weights, kept on disk)
+from rewritten pieces that compute what segment-anything's and our modules compute with
+fewer operations: the two-way transformer with its image-side projections folded into the
+few tokens (`folded_transformer`), layer norms over channels as one norm on a channels-last
+view, and the fusion's per-prompt 3x3 conv as one batched product and nine shifted sums.
+
+The prompt encoder stays in PyTorch (it is cheap); the graphs start from its outputs:
+
+- `SamGraph`: embedding, positional encoding, sparse and dense prompt embeddings -> SAM's four
+  mask logits (N,4,256,256) and IoU estimates (N,4);
+- `WsiSamGraph`: the same for the HR and the LR crop plus the HR fused image features -> SAM's
+  masks and IoU (from SAM's own pass or, "joint", from the HR pass) and WSI-SAM's residual
+  (N,1,256,256); the caller picks SAM's mask and adds the residual, as `WsiSam.forward` does.
+
+Masks agree with the eager path to float tolerance (logits within ~1e-4), not bit for bit;
+`WsiSamPredictor` keeps SAM-exactness by sending a fresh head through SAM's graph alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import MaskDecoder, PromptEncoder
+from segment_anything.modeling.common import LayerNorm2d
+from torch import Tensor, nn
+
+from .encoder import EncoderOutput
+from .folded_transformer import two_way
+from .fusion import MASK_DIM, FeatureFusion
+from .onnx_runtime import export_graph, graph_digest, graph_folder, new_session, run_session
+from .wsi_sam import Prompts, WsiSam, WsiSamHead, encode_prompts
+
+logger = logging.getLogger(__name__)
+
+SAM_INPUTS = ("embedding", "image_pe", "sparse", "dense")
+WSI_INPUTS = ("hr_embedding", "lr_embedding", "image_pe", "hr_features", "hr_sparse",
+              "hr_dense", "lr_sparse", "lr_dense")
+
+
+# ----------------------------------------------------------------------- traced graphs
+def channel_norm(norm: LayerNorm2d, x: Tensor, channels: int) -> Tensor:
+    """`fusion.layer_norm_2d` with the channel count given as a Python int (a traced shape
+    would make ONNX's LayerNormalization dynamic). Measured faster in ONNX Runtime than
+    means over the NCHW channel axis (51 against 55 ms a WSI-SAM prompt)."""
+    out = F.layer_norm(x.permute(0, 2, 3, 1), (channels,), norm.weight, norm.bias, norm.eps)
+    return out.permute(0, 3, 1, 2)
+
+
+def upscale(decoder: MaskDecoder, src: Tensor, shape: Sequence[int]) -> Tensor:
+    """SAM's `output_upscaling` on the transformer's image tokens (N,HW,C) -> (N,32,4H,4W),
+    with its LayerNorm2d as one layer norm over channels (the same value). Written as two
+    channels-last products and one 8-D transpose instead, it ran slower (56 against 44 ms a
+    WSI-SAM prompt)."""
+    b, c, h, w = shape
+    convt1, norm, act1, convt2, act2 = decoder.output_upscaling
+    x = convt1(src.transpose(1, 2).reshape(b, c, h, w))
+    return act2(convt2(act1(channel_norm(norm, x, convt1.out_channels))))
+
+
+def sam_mask_logits(decoder: MaskDecoder, hs: Tensor, upscaled: Tensor) -> tuple[Tensor, Tensor]:
+    """SAM's four mask logits (N,4,H,W) and IoU estimates (N,4) from its tokens in `hs`."""
+    k = decoder.num_mask_tokens
+    hyper = torch.stack([decoder.output_hypernetworks_mlps[i](hs[:, 1 + i]) for i in range(k)], 1)
+    n, c, h, w = upscaled.shape
+    masks = torch.matmul(hyper, upscaled.reshape(n, c, h * w)).reshape(n, k, h, w)
+    return masks, decoder.iou_prediction_head(hs[:, 0])
+
+
+def transformer_pass(decoder: MaskDecoder, src: Tensor, image_pe: Tensor, sparse: Tensor,
+                     extra_token: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One pass of SAM's two-way transformer (`folded_transformer.two_way`) for N prompts:
+    updated tokens (N,5[+1]+P,256) and image tokens (N,4096,256), built as
+    `wsi_sam.decoder_inputs` builds them. src: (N,256,64,64) embedding + dense prompt;
+    extra_token: (1,256) after SAM's 5 output tokens (the HR or LR token).
+
+    Each pass is its own call: stacking the HR and LR passes into one of batch 2N measured
+    the same (53.7 against 52.8 ms a WSI-SAM prompt), stacking SAM's too (padded, masked)
+    slower (60.3 ms): on a 2-core CPU larger batches are memory-bound.
+    """
+    n = sparse.shape[0]
+    weights = [decoder.iou_token.weight, decoder.mask_tokens.weight]
+    if extra_token is not None:
+        weights.append(extra_token)
+    tokens = torch.cat(weights, dim=0).unsqueeze(0).expand(n, -1, -1)
+    return two_way(decoder.transformer, src, image_pe, torch.cat((tokens, sparse), dim=1))
+
+
+def fused_residual(fusion: FeatureFusion, vectors: Tensor, upscaled: Tensor,
+                   image_features: Tensor) -> Tensor:
+    """`FeatureFusion.project` for a dynamic number of prompts, as plain matrix products.
+
+    The last 3x3 conv, folded into each prompt's vector, is a 64->1 conv with a weight per
+    prompt; ONNX has no per-sample weights, so each of its 9 taps is first reduced over the
+    64 channels in one batched product (N,HW,64) x (N,64,9) on the channels-last hidden
+    features (left so by the norm: no transpose back), and the 9 small maps are then shifted
+    and summed. Same value as `project` to float tolerance.
+    """
+    conv1, norm, act, conv2 = fusion.mask
+    if not isinstance(conv2, nn.Conv2d) or conv2.bias is None or not isinstance(norm, LayerNorm2d):
+        raise TypeError("the mask branch must be conv, LayerNorm2d, activation, biased conv")
+    n, _, height, width = upscaled.shape
+    channels, kernel = conv2.in_channels, int(conv2.kernel_size[0])
+    pad = int(conv2.padding[0])  # type: ignore[index]
+    x = conv1(upscaled).permute(0, 2, 3, 1)  # channels-last for the norm and the product
+    hidden = act(F.layer_norm(x, (channels,), norm.weight, norm.bias, norm.eps))
+    weight = torch.einsum("nc,cikl->nikl", vectors, conv2.weight)  # (N,64,k,k)
+    taps = weight.reshape(n, channels, kernel * kernel)  # (N,64,k*k)
+    reduced = torch.matmul(hidden.reshape(n, height * width, channels), taps)  # (N,HW,k*k)
+    padded = F.pad(reduced.reshape(n, height, width, kernel * kernel), (0, 0, pad, pad, pad, pad))
+    logits = padded[:, 0:height, 0:width, 0]
+    for tap in range(1, kernel * kernel):
+        dy, dx = divmod(tap, kernel)
+        logits = logits + padded[:, dy:dy + height, dx:dx + width, tap]
+    bias = torch.matmul(vectors, conv2.bias)  # (N,)
+    image_term = torch.matmul(vectors, image_features.reshape(image_features.shape[1], -1))
+    return (logits + bias[:, None, None] + image_term.reshape(n, height, width))[:, None]
+
+
+class SamGraph(nn.Module):
+    """SAM's mask decoder after the prompt encoder, for N prompts on one embedding."""
+
+    def __init__(self, decoder: MaskDecoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, embedding: Tensor, image_pe: Tensor, sparse: Tensor, dense: Tensor
+                ) -> tuple[Tensor, Tensor]:
+        hs, src = transformer_pass(self.decoder, embedding + dense, image_pe, sparse)
+        shape = (sparse.shape[0], *embedding.shape[1:])
+        return sam_mask_logits(self.decoder, hs, upscale(self.decoder, src, shape))
+
+
+class WsiSamGraph(nn.Module):
+    """WSI-SAM's decoder after the prompt encoders, for N prompts on one crop pair.
+
+    joint=False: SAM's masks from SAM's own pass (exactly SAM's arithmetic; three passes);
+    joint=True: from the HR pass (the head's `sam_mask` "joint"; two passes).
+    """
+
+    def __init__(self, decoder: MaskDecoder, head: WsiSamHead, *, joint: bool) -> None:
+        super().__init__()
+        self.decoder, self.head, self.joint = decoder, head, joint
+
+    def forward(self, hr_embedding: Tensor, lr_embedding: Tensor, image_pe: Tensor,
+                hr_features: Tensor, hr_sparse: Tensor, hr_dense: Tensor, lr_sparse: Tensor,
+                lr_dense: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        decoder, head = self.decoder, self.head
+        shape = (hr_sparse.shape[0], *hr_embedding.shape[1:])
+        hr_src = hr_embedding + hr_dense
+        hs_hr, src_hr = transformer_pass(decoder, hr_src, image_pe, hr_sparse,
+                                         head.hr.token.weight)
+        hs_lr, _ = transformer_pass(decoder, lr_embedding + lr_dense, image_pe, lr_sparse,
+                                    head.lr.token.weight)
+        if self.joint:
+            hs_sam, src_sam = hs_hr, src_hr
+        else:
+            hs_sam, src_sam = transformer_pass(decoder, hr_src, image_pe, hr_sparse)
+        upscaled = upscale(decoder, src_sam, shape)
+        masks, iou = sam_mask_logits(decoder, hs_sam, upscaled)
+        extra = 1 + decoder.num_mask_tokens
+        vector = head.aggregation(head.hr.vector(hs_hr[:, extra]),
+                                  head.lr.vector(hs_lr[:, extra]))
+        residual = fused_residual(head.hr.fusion, vector, upscaled, hr_features)
+        return masks, iou, residual
+
+
+# ----------------------------------------------------------------------- export and run
+def _dynamic(names: Sequence[str], prompt_inputs: Sequence[str]) -> dict[str, dict[int, str]]:
+    """Dynamic axes: the prompts, the prompt tokens, and the dense prompt's height and width
+    (1x1 when it is the no-mask embedding, which broadcasts: `prompt_embeddings`)."""
+    axes: dict[str, dict[int, str]] = {}
+    for name in names:
+        if name.endswith("sparse"):
+            axes[name] = {0: "prompts", 1: "tokens"}
+        elif name in prompt_inputs:
+            axes[name] = {0: "prompts", 2: "dense_height", 3: "dense_width"}
+    return axes
+
+
+def prompt_embeddings(prompt_encoder: PromptEncoder, prompts: Prompts) -> tuple[Tensor, Tensor]:
+    """`wsi_sam.encode_prompts`, with the dense embedding left at (N,256,1,1) when there is
+    no mask prompt: SAM expands its no-mask embedding over the grid; adding it broadcast
+    gives the same sums without copying 4 MB a pass into the graph."""
+    sparse, dense = encode_prompts(prompt_encoder, prompts)
+    if prompts.masks is None:
+        dense = dense[:, :, :1, :1]
+    return sparse, dense
+
+
+class OnnxDecoders:
+    """The ONNX Runtime sessions of one predictor: SAM's graph and one WSI-SAM graph per head.
+
+    Sessions are built lazily (export on the first use of a set of weights, then read from
+    the disk cache) and dropped with `forget_head` when the predictor's head changes.
+    """
+
+    def __init__(self, *, folder: Path | None = None) -> None:
+        self.folder = folder or graph_folder()
+        self._sessions: dict[tuple, Any] = {}
+        self._positions: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def positions(self, prompt_encoder: PromptEncoder) -> np.ndarray:
+        """The prompt encoder's dense positional encoding (1,256,64,64) as a contiguous array:
+        it depends on no input, so it is computed once, not per prompt."""
+        key = id(prompt_encoder)
+        if key not in self._positions:
+            pe = prompt_encoder.get_dense_pe().to("cpu", torch.float32)
+            self._positions[key] = np.ascontiguousarray(pe.numpy())
+        return self._positions[key]
+
+    def _session(self, key: tuple, build: Any) -> Any:
+        with self._lock:
+            if key not in self._sessions:
+                self._sessions[key] = build()
+            return self._sessions[key]
+
+    def forget_head(self) -> None:
+        with self._lock:
+            self._sessions = {k: v for k, v in self._sessions.items() if k[0] == "sam"}
+
+    def sam_session(self, decoder: MaskDecoder) -> Any:
+        graph = SamGraph(decoder)
+
+        def build() -> Any:
+            path = self.folder / f"sam-{graph_digest(graph, 'sam')}.onnx"
+            if not path.exists():
+                example = _sam_example(decoder)
+                export_graph(graph, example, SAM_INPUTS, ("masks", "iou"),
+                             _dynamic(SAM_INPUTS, ("sparse", "dense")), path)
+            return new_session(path)
+
+        return self._session(("sam", id(decoder)), build)
+
+    def wsi_session(self, decoder: MaskDecoder, head: WsiSamHead, *, joint: bool) -> Any:
+        graph = WsiSamGraph(decoder, head, joint=joint)
+
+        def build() -> Any:
+            kind = "joint" if joint else "separate"
+            path = self.folder / f"wsi-sam-{kind}-{graph_digest(graph, kind)}.onnx"
+            if not path.exists():
+                sam = _sam_example(decoder)
+                features = torch.zeros(1, MASK_DIM, 256, 256)
+                example = (sam[0], sam[0].clone(), sam[1], features, sam[2], sam[3],
+                           sam[2].clone(), sam[3].clone())
+                export_graph(graph, example, WSI_INPUTS, ("masks", "iou", "residual"),
+                             _dynamic(WSI_INPUTS, ("hr_sparse", "hr_dense", "lr_sparse",
+                                                   "lr_dense")), path)
+            return new_session(path)
+
+        return self._session(("wsi", id(head), joint), build)
+
+    def sam(self, prompt_encoder: PromptEncoder, decoder: MaskDecoder, embedding: Tensor,
+            prompts: Prompts, *, multimask: bool = False) -> tuple[Tensor, Tensor]:
+        """`wsi_sam.sam_forward` on ONNX Runtime: logits (N,1,256,256), IoU (N,1)."""
+        sparse, dense = prompt_embeddings(prompt_encoder, prompts)
+        masks, iou = run_session(self.sam_session(decoder), SAM_INPUTS,
+                                 (embedding, self.positions(prompt_encoder), sparse, dense))
+        return pick_mask(masks, iou, multimask=multimask)
+
+    def wsi_sam(self, wsi: WsiSam, hr: EncoderOutput, lr: EncoderOutput, hr_features: Tensor,
+                hr_prompts: Prompts, lr_prompts: Prompts, *, multimask: bool = False,
+                joint: bool = False) -> tuple[Tensor, Tensor]:
+        """WSI-SAM's HR logits (N,1,256,256) and SAM's IoU (N,1), as `WsiSam.forward` gives
+        them without the LR mask. A head whose last layers are zero adds exactly nothing, so
+        without "joint" it runs SAM's graph alone: SAM's masks, as the "sam" model gives them.
+        """
+        if not joint and head_is_fresh(wsi.head):
+            return self.sam(wsi.prompt_encoder, wsi.mask_decoder, hr.embedding, hr_prompts,
+                            multimask=multimask)
+        hr_sparse, hr_dense = prompt_embeddings(wsi.prompt_encoder, hr_prompts)
+        lr_sparse, lr_dense = prompt_embeddings(wsi.prompt_encoder, lr_prompts)
+        session = self.wsi_session(wsi.mask_decoder, wsi.head, joint=joint)
+        masks, iou, residual = run_session(
+            session, WSI_INPUTS, (hr.embedding, lr.embedding, self.positions(wsi.prompt_encoder),
+                                  hr_features, hr_sparse, hr_dense, lr_sparse, lr_dense))
+        logits, best_iou = pick_mask(masks, iou, multimask=multimask)
+        return logits + residual, best_iou
+
+
+def pick_mask(masks: Tensor, iou: Tensor, *, multimask: bool) -> tuple[Tensor, Tensor]:
+    """SAM's single-mask output, or with `multimask` the best of its three others by
+    predicted IoU (as `wsi_sam.sam_masks` chooses)."""
+    if not multimask:
+        return masks[:, :1], iou[:, :1]
+    best = iou[:, 1:].argmax(dim=1)
+    rows = torch.arange(masks.shape[0])
+    return masks[rows, 1 + best][:, None], iou[rows, 1 + best][:, None]
+
+
+def head_is_fresh(head: WsiSamHead) -> bool:
+    """Whether both branches' last hypernetwork layers are zero (the head adds exactly 0)."""
+    for branch in (head.hr, head.lr):
+        last = branch.hypernet.layers[-1]
+        if bool(last.weight.any()) or bool(last.bias.any()):
+            return False
+    return True
+
+
+def _sam_example(decoder: MaskDecoder) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Example inputs for tracing: 2 prompts of 3 tokens (so no size is traced as 1)."""
+    dim = decoder.transformer_dim
+    generator = torch.Generator().manual_seed(0)
+    embedding = torch.randn(1, dim, 64, 64, generator=generator)
+    return (embedding, torch.randn(1, dim, 64, 64, generator=generator),
+            torch.randn(2, 3, dim, generator=generator),
+            torch.randn(2, dim, 64, 64, generator=generator))
+
+
