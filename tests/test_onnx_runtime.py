@@ -156,6 +156,12 @@ def test_runtime_choice_and_fallback_to_torch(random_parts, monkeypatch, caplog,
     parts = {"mobile_sam": random_parts}
     with pytest.raises(UsageError, match="runtime"):
         WsiSamPredictor(device="cpu", parts=parts, runtime="tensorrt")  # type: ignore
+    monkeypatch.setenv("NAPARI_WSI_SAM_RUNTIME", "torch")
+    assert WsiSamPredictor(device="cpu", parts=parts).runtime == "torch"
+    monkeypatch.setenv("NAPARI_WSI_SAM_RUNTIME", "fast")
+    with pytest.raises(UsageError, match="NAPARI_WSI_SAM_RUNTIME='fast'"):
+        WsiSamPredictor(device="cpu", parts=parts)
+    monkeypatch.delenv("NAPARI_WSI_SAM_RUNTIME")
     predictor = WsiSamPredictor(device="cpu", parts=parts, head=trained_like_head(),
                                 precision="float32")
     assert predictor.runtime == "auto" and predictor.uses_onnx()

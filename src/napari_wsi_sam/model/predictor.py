@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
@@ -75,6 +76,8 @@ CropImage = np.ndarray | Callable[[], np.ndarray]
 PREDICTOR_MODELS = tuple(name for name, base in BASE_MODELS.items()
                          if base.checkpoint != "decoder")
 """The models a predictor runs itself (SAM* is "sam" on fine-tuned parts: `registry`)."""
+RUNTIME_VARIABLE = "NAPARI_WSI_SAM_RUNTIME"
+"""Environment variable naming the default `runtime` ("auto", "onnx", "torch")."""
 STABILITY_OFFSET = 1.0
 """Logit offset of the stability score (segment-anything's automatic mask generator's)."""
 
@@ -141,6 +144,8 @@ class WsiSamPredictor:
         uses), or "auto" (the default: "onnx" on a CPU where ONNX Runtime is installed, else
         "torch"). The encoder stays on torch for an explicit bfloat16/float16 `precision`
         or `compile`. A graph that cannot be built is said once in the log; torch runs.
+        None: the environment variable NAPARI_WSI_SAM_RUNTIME, else "auto" (so the CLI and
+        the widget can be sent to eager PyTorch without code).
     All four are attributes too, settable between calls.
     """
 
@@ -161,7 +166,7 @@ class WsiSamPredictor:
         exact_sam: bool = True,
         decoder_precision: DecoderPrecision = "float32",
         stack_passes: bool = False,
-        runtime: Runtime = "auto",
+        runtime: Runtime | None = None,
     ) -> None:
         self._check_model(model)
         if decoder_batch is not None and decoder_batch < 1:
@@ -177,6 +182,11 @@ class WsiSamPredictor:
         self.decoder_precision: DecoderPrecision = decoder_precision
         self.exact_sam = exact_sam
         self.stack_passes = stack_passes
+        if runtime is None:
+            runtime = os.environ.get(RUNTIME_VARIABLE, "auto")  # type: ignore[assignment]
+            if runtime not in RUNTIMES:
+                raise UsageError(f"{RUNTIME_VARIABLE}={runtime!r} is not a runtime; set it to "
+                                 f"one of {', '.join(RUNTIMES)} or unset it")
         if runtime not in RUNTIMES:
             raise UsageError(f"unknown runtime {runtime!r}; use one of "
                              f"{', '.join(RUNTIMES)}")
