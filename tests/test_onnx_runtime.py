@@ -148,8 +148,8 @@ def test_graph_files_are_reused_and_named_by_their_weights(random_parts, tmp_pat
                                                                 prompts)
     assert len(exports) == 1 and torch.equal(first[0], second[0])
     other = build_sam_parts("mobile_sam").mask_decoder  # other random weights
-    assert (onnx_decoder.graph_digest(onnx_decoder.SamGraph(other), "sam")
-            != onnx_decoder.graph_digest(onnx_decoder.SamGraph(decoder), "sam"))
+    assert (onnx_decoder.graph_digest(onnx_decoder.SamGraph(encoder, other), "sam")
+            != onnx_decoder.graph_digest(onnx_decoder.SamGraph(encoder, decoder), "sam"))
 
 
 def test_runtime_choice_and_fallback_to_torch(random_parts, monkeypatch, caplog, tmp_path):

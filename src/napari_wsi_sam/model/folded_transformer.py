@@ -91,10 +91,10 @@ def block(layer: TwoWayAttentionBlock, queries: Tensor, keys: Tensor, query_pe: 
 
 def two_way(transformer: TwoWayTransformer, image_embedding: Tensor, image_pe: Tensor,
             point_embedding: Tensor) -> tuple[Tensor, Tensor]:
-    """`TwoWayTransformer.forward`: (N,C,H,W) image, (1 or N,C,H,W) positions, (N,T,C)
-    tokens -> updated tokens (N,T,C) and image tokens (N,HW,C)."""
+    """`TwoWayTransformer.forward`: (N,C,H,W) image, (1 or N,C,H,W) positions (or already
+    (1,HW,C)), (N,T,C) tokens -> updated tokens (N,T,C) and image tokens (N,HW,C)."""
     keys = image_embedding.flatten(2).permute(0, 2, 1)
-    key_pe = image_pe.flatten(2).permute(0, 2, 1)
+    key_pe = image_pe if image_pe.dim() == 3 else image_pe.flatten(2).permute(0, 2, 1)
     queries = point_embedding
     for layer in transformer.layers:
         queries, keys = block(layer, queries, keys, point_embedding, key_pe)

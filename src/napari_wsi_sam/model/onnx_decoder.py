@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder, PromptEncoder
@@ -43,8 +42,8 @@ from .wsi_sam import Prompts, WsiSam, WsiSamHead, encode_prompts
 
 logger = logging.getLogger(__name__)
 
-SAM_INPUTS = ("embedding", "image_pe", "sparse", "dense")
-WSI_INPUTS = ("hr_embedding", "lr_embedding", "image_pe", "hr_features", "hr_sparse",
+SAM_INPUTS = ("embedding", "sparse", "dense")
+WSI_INPUTS = ("hr_embedding", "lr_embedding", "hr_features", "hr_sparse",
               "hr_dense", "lr_sparse", "lr_dense")
 
 
@@ -127,16 +126,26 @@ def fused_residual(fusion: FeatureFusion, vectors: Tensor, upscaled: Tensor,
     return (logits + bias[:, None, None] + image_term.reshape(n, height, width))[:, None]
 
 
+def key_positions(prompt_encoder: PromptEncoder) -> Tensor:
+    """The image tokens' positional encoding (1,4096,256), in the transformer's token layout:
+    a constant of the graph (it depends on no input), so no pass transposes it."""
+    pe = prompt_encoder.get_dense_pe().detach().to("cpu", torch.float32)
+    return pe.flatten(2).permute(0, 2, 1).contiguous()
+
+
 class SamGraph(nn.Module):
     """SAM's mask decoder after the prompt encoder, for N prompts on one embedding."""
 
-    def __init__(self, decoder: MaskDecoder) -> None:
+    key_pe: Tensor
+
+    def __init__(self, prompt_encoder: PromptEncoder, decoder: MaskDecoder) -> None:
         super().__init__()
         self.decoder = decoder
+        self.register_buffer("key_pe", key_positions(prompt_encoder))
 
-    def forward(self, embedding: Tensor, image_pe: Tensor, sparse: Tensor, dense: Tensor
+    def forward(self, embedding: Tensor, sparse: Tensor, dense: Tensor
                 ) -> tuple[Tensor, Tensor]:
-        hs, src = transformer_pass(self.decoder, embedding + dense, image_pe, sparse)
+        hs, src = transformer_pass(self.decoder, embedding + dense, self.key_pe, sparse)
         shape = (sparse.shape[0], *embedding.shape[1:])
         return sam_mask_logits(self.decoder, hs, upscale(self.decoder, src, shape))
 
@@ -148,14 +157,18 @@ class WsiSamGraph(nn.Module):
     joint=True: from the HR pass (the head's `sam_mask` "joint"; two passes).
     """
 
-    def __init__(self, decoder: MaskDecoder, head: WsiSamHead, *, joint: bool) -> None:
+    key_pe: Tensor
+
+    def __init__(self, prompt_encoder: PromptEncoder, decoder: MaskDecoder, head: WsiSamHead, *,
+                 joint: bool) -> None:
         super().__init__()
         self.decoder, self.head, self.joint = decoder, head, joint
+        self.register_buffer("key_pe", key_positions(prompt_encoder))
 
-    def forward(self, hr_embedding: Tensor, lr_embedding: Tensor, image_pe: Tensor,
+    def forward(self, hr_embedding: Tensor, lr_embedding: Tensor,
                 hr_features: Tensor, hr_sparse: Tensor, hr_dense: Tensor, lr_sparse: Tensor,
                 lr_dense: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        decoder, head = self.decoder, self.head
+        decoder, head, image_pe = self.decoder, self.head, self.key_pe
         shape = (hr_sparse.shape[0], *hr_embedding.shape[1:])
         hr_src = hr_embedding + hr_dense
         hs_hr, src_hr = transformer_pass(decoder, hr_src, image_pe, hr_sparse,
@@ -208,17 +221,7 @@ class OnnxDecoders:
     def __init__(self, *, folder: Path | None = None) -> None:
         self.folder = folder or graph_folder()
         self._sessions: dict[tuple, Any] = {}
-        self._positions: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
-
-    def positions(self, prompt_encoder: PromptEncoder) -> np.ndarray:
-        """The prompt encoder's dense positional encoding (1,256,64,64) as a contiguous array:
-        it depends on no input, so it is computed once, not per prompt."""
-        key = id(prompt_encoder)
-        if key not in self._positions:
-            pe = prompt_encoder.get_dense_pe().to("cpu", torch.float32)
-            self._positions[key] = np.ascontiguousarray(pe.numpy())
-        return self._positions[key]
 
     def _session(self, key: tuple, build: Any) -> Any:
         with self._lock:
@@ -230,21 +233,22 @@ class OnnxDecoders:
         with self._lock:
             self._sessions = {k: v for k, v in self._sessions.items() if k[0] == "sam"}
 
-    def sam_session(self, decoder: MaskDecoder) -> Any:
-        graph = SamGraph(decoder)
+    def sam_session(self, prompt_encoder: PromptEncoder, decoder: MaskDecoder) -> Any:
+        graph = SamGraph(prompt_encoder, decoder)
 
         def build() -> Any:
             path = self.folder / f"sam-{graph_digest(graph, 'sam')}.onnx"
             if not path.exists():
-                example = _sam_example(decoder)
-                export_graph(graph, example, SAM_INPUTS, ("masks", "iou"),
+                embedding, _, sparse, dense = _sam_example(decoder)
+                export_graph(graph, (embedding, sparse, dense), SAM_INPUTS, ("masks", "iou"),
                              _dynamic(SAM_INPUTS, ("sparse", "dense")), path)
             return new_session(path)
 
         return self._session(("sam", id(decoder)), build)
 
-    def wsi_session(self, decoder: MaskDecoder, head: WsiSamHead, *, joint: bool) -> Any:
-        graph = WsiSamGraph(decoder, head, joint=joint)
+    def wsi_session(self, prompt_encoder: PromptEncoder, decoder: MaskDecoder,
+                    head: WsiSamHead, *, joint: bool) -> Any:
+        graph = WsiSamGraph(prompt_encoder, decoder, head, joint=joint)
 
         def build() -> Any:
             kind = "joint" if joint else "separate"
@@ -252,8 +256,8 @@ class OnnxDecoders:
             if not path.exists():
                 sam = _sam_example(decoder)
                 features = torch.zeros(1, MASK_DIM, 256, 256)
-                example = (sam[0], sam[0].clone(), sam[1], features, sam[2], sam[3],
-                           sam[2].clone(), sam[3].clone())
+                example = (sam[0], sam[0].clone(), features, sam[2], sam[3], sam[2].clone(),
+                           sam[3].clone())
                 export_graph(graph, example, WSI_INPUTS, ("masks", "iou", "residual"),
                              _dynamic(WSI_INPUTS, ("hr_sparse", "hr_dense", "lr_sparse",
                                                    "lr_dense")), path)
@@ -265,8 +269,8 @@ class OnnxDecoders:
             prompts: Prompts, *, multimask: bool = False) -> tuple[Tensor, Tensor]:
         """`wsi_sam.sam_forward` on ONNX Runtime: logits (N,1,256,256), IoU (N,1)."""
         sparse, dense = prompt_embeddings(prompt_encoder, prompts)
-        masks, iou = run_session(self.sam_session(decoder), SAM_INPUTS,
-                                 (embedding, self.positions(prompt_encoder), sparse, dense))
+        masks, iou = run_session(self.sam_session(prompt_encoder, decoder), SAM_INPUTS,
+                                 (embedding, sparse, dense))
         return pick_mask(masks, iou, multimask=multimask)
 
     def wsi_sam(self, wsi: WsiSam, hr: EncoderOutput, lr: EncoderOutput, hr_features: Tensor,
@@ -281,10 +285,10 @@ class OnnxDecoders:
                             multimask=multimask)
         hr_sparse, hr_dense = prompt_embeddings(wsi.prompt_encoder, hr_prompts)
         lr_sparse, lr_dense = prompt_embeddings(wsi.prompt_encoder, lr_prompts)
-        session = self.wsi_session(wsi.mask_decoder, wsi.head, joint=joint)
+        session = self.wsi_session(wsi.prompt_encoder, wsi.mask_decoder, wsi.head, joint=joint)
         masks, iou, residual = run_session(
-            session, WSI_INPUTS, (hr.embedding, lr.embedding, self.positions(wsi.prompt_encoder),
-                                  hr_features, hr_sparse, hr_dense, lr_sparse, lr_dense))
+            session, WSI_INPUTS, (hr.embedding, lr.embedding, hr_features, hr_sparse, hr_dense,
+                                  lr_sparse, lr_dense))
         logits, best_iou = pick_mask(masks, iou, multimask=multimask)
         return logits + residual, best_iou
 

@@ -10,6 +10,7 @@ script can do all of it through `session` without Qt.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,6 @@ from ..slide import CropPair
 from ..store.colors import as_hex
 from ..store.files import open_store
 from . import layers as ui_layers
-from . import workers
 from .annotator import Annotator, shapes_of
 from .model_controls import ModelControls
 from .shapes import region_of, shapes_to_items
@@ -292,14 +292,23 @@ class WsiSamWidget(Container):
         if key == self._warmed:
             return
         self._warmed = key
-        worker = workers.warm_up(session)
-        worker.returned.connect(
-            lambda result: self.report(result.message, "error")
-            if isinstance(result, workers.UserError) else None)
-        worker.finished.connect(lambda: setattr(self, "warming", worker is not self.warm_worker
-                                                and self.warming))
+        # a plain thread, not a Qt worker: napari may quit while it runs, and a Qt worker's
+        # signals would then outlive their objects; not a daemon either, so Python waits the
+        # few seconds it has left at exit instead of killing it inside torch (an abort).
+        # A failure needs no report here: the first prompt meets it and says it in one line.
+        worker = threading.Thread(target=self._run_warm_up, args=(session,),
+                                  name="wsi-sam-warm-up")
         self.warm_worker, self.warming = worker, True
         worker.start()
+
+    def _run_warm_up(self, session: AnnotationSession) -> None:
+        try:
+            session.warm_up()
+        except Exception:
+            logging.getLogger(__name__).info("model warm-up failed", exc_info=True)
+        finally:
+            if threading.current_thread() is self.warm_worker:
+                self.warming = False
 
     # ---------------------------------------------------------------- classes
     def _class_choices(self, _widget: Any = None) -> list[str]:

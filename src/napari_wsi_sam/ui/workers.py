@@ -41,16 +41,6 @@ def drain_worker(session: AnnotationSession) -> Any:
 
 
 @thread_worker
-def warm_up(session: AnnotationSession) -> UserError | None:
-    """Load the session's model and run it once (`AnnotationSession.warm_up`)."""
-    try:
-        session.warm_up()
-    except WsiSamError as error:  # e.g. weights missing: the first prompt says it again
-        return UserError(str(error))
-    return None
-
-
-@thread_worker
 def cut_crops(slide: Slide, prompt: Prompt, hr_mpp: float) -> CropPair | UserError:
     try:
         return concentric_crops(slide, prompt, hr_mpp=hr_mpp)
