@@ -57,13 +57,17 @@ def graph_digest(module: nn.Module, *tags: str) -> str:
     return digest.hexdigest()[:20]
 
 
+_EXPORT_LOCK = threading.Lock()
+"""torch's exporter keeps process-wide state (two exports at once fail): one at a time."""
+
+
 def export_graph(module: nn.Module, example: tuple[Tensor, ...], input_names: Sequence[str],
                  output_names: Sequence[str], dynamic: dict[str, dict[int, str]], path: Path
                  ) -> Path:
     """Trace `module` on `example` into `path` (written atomically); returns `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+    with _EXPORT_LOCK, warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer notes about Python scalars: the shapes are fixed
         torch.onnx.export(module.eval(), example, str(partial), dynamo=False,
                           opset_version=OPSET, input_names=list(input_names),
