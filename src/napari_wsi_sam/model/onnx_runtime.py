@@ -77,14 +77,14 @@ def export_graph(module: nn.Module, example: tuple[Tensor, ...], input_names: Se
     return path
 
 
-def new_session(path: Path, *, threads: int | None = None) -> Any:
+def new_session(path: Path) -> Any:
     """An ONNX Runtime CPU session on `path` with every graph optimisation, using as many
     threads as torch does (the two runtimes never run at once)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     # threads spin during a run (waking sleeping ones between ~600 small ops costs ~15 ms)
@@ -93,10 +93,9 @@ def new_session(path: Path, *, threads: int | None = None) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def run_session(session: Any, names: Sequence[str], tensors: Sequence[Tensor | np.ndarray]
+def run_session(session: Any, names: Sequence[str], tensors: Sequence[Tensor]
                 ) -> list[Tensor]:
     """Run `session` on float32 CPU arrays of `tensors`; outputs as torch tensors."""
-    feeds = {name: t if isinstance(t, np.ndarray) else
-             np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
+    feeds = {name: np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
              for name, t in zip(names, tensors, strict=True)}
     return [torch.from_numpy(out) for out in session.run(None, feeds)]
