@@ -227,3 +227,32 @@ def test_encoder_graph_gives_float32_outputs(random_parts, tmp_path):
             setattr(predictor, key, value)
         assert not predictor.encodes_on_onnx(), settings
         predictor.precision, predictor.compile, predictor.runtime = "auto", False, "auto"
+
+
+def test_image_tokens_are_kept_per_crop_and_never_handed_to_another(random_parts, tmp_path):
+    """Without mask prompts a crop's image tokens are computed once and reused (by the
+    embedding's identity); another embedding, or mask prompts, get their own, and only the
+    last few crops are kept."""
+    decoders = onnx_decoder.OnnxDecoders(folder=tmp_path)
+    encoder = random_parts.prompt_encoder
+    boxes = Prompts(boxes=torch.tensor([[96.0, 312.0, 150.0, 360.0]]))
+    with torch.inference_mode():
+        first = torch.randn(1, 256, 64, 64)
+        tokens, _ = decoders.prompt_inputs(encoder, first, boxes)
+        again, _ = decoders.prompt_inputs(encoder, first, boxes)
+        assert again.image is tokens.image and again.keys is tokens.keys
+        want = onnx_decoder.image_tokens(first, encoder.no_mask_embed.weight[0][None, :, None,
+                                                                                   None],
+                                         onnx_decoder.key_positions(encoder))
+        torch.testing.assert_close(tokens.image, want.image, rtol=0, atol=0)
+        torch.testing.assert_close(tokens.keys, want.keys, rtol=0, atol=0)
+        other = first.clone() + 1
+        other_tokens, _ = decoders.prompt_inputs(encoder, other, boxes)
+        assert not torch.equal(other_tokens.image, tokens.image)
+        masked = Prompts(boxes=boxes.boxes, masks=torch.randn(1, 1, 256, 256))
+        mask_tokens, _ = decoders.prompt_inputs(encoder, first, masked)
+        assert not torch.equal(mask_tokens.image, tokens.image)
+        kept = [torch.randn(1, 256, 64, 64) for _ in range(onnx_decoder.IMAGE_TOKENS_KEPT + 2)]
+        for embedding in kept:
+            decoders.prompt_inputs(encoder, embedding, boxes)
+    assert len(decoders._tokens) == onnx_decoder.IMAGE_TOKENS_KEPT

@@ -72,8 +72,9 @@ def image_to_tokens(attention: Attention, q: Tensor, k: Tensor, v: Tensor) -> Te
 
 
 def block(layer: TwoWayAttentionBlock, queries: Tensor, keys: Tensor, query_pe: Tensor,
-          key_pe: Tensor) -> tuple[Tensor, Tensor]:
-    """`TwoWayAttentionBlock.forward` with the folded cross-attentions."""
+          key_pe: Tensor, keys_with_pe: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """`TwoWayAttentionBlock.forward` with the folded cross-attentions; `keys_with_pe`:
+    keys + key_pe when the caller has it already."""
     if layer.skip_first_layer_pe:
         queries = layer.self_attn(q=queries, k=queries, v=queries)
     else:
@@ -81,7 +82,7 @@ def block(layer: TwoWayAttentionBlock, queries: Tensor, keys: Tensor, query_pe: 
         queries = queries + layer.self_attn(q=q, k=q, v=queries)
     queries = layer.norm1(queries)
     q = queries + query_pe
-    k = keys + key_pe
+    k = keys + key_pe if keys_with_pe is None else keys_with_pe
     queries = layer.norm2(queries + tokens_to_image(layer.cross_attn_token_to_image, q, k, keys))
     queries = layer.norm3(queries + layer.mlp(queries))
     q = queries + query_pe
@@ -95,9 +96,18 @@ def two_way(transformer: TwoWayTransformer, image_embedding: Tensor, image_pe: T
     (1,HW,C)), (N,T,C) tokens -> updated tokens (N,T,C) and image tokens (N,HW,C)."""
     keys = image_embedding.flatten(2).permute(0, 2, 1)
     key_pe = image_pe if image_pe.dim() == 3 else image_pe.flatten(2).permute(0, 2, 1)
+    return two_way_tokens(transformer, keys, keys + key_pe, key_pe, point_embedding)
+
+
+def two_way_tokens(transformer: TwoWayTransformer, keys: Tensor, keys_with_pe: Tensor,
+                   key_pe: Tensor, point_embedding: Tensor) -> tuple[Tensor, Tensor]:
+    """`two_way` from the image already in token layout: keys (1 or N,HW,C), keys_with_pe =
+    keys + key_pe (1,HW,C). Both depend on the crop alone when there is no mask prompt, so a
+    caller computes them once per crop instead of transposing and adding 4 MB each pass."""
     queries = point_embedding
-    for layer in transformer.layers:
-        queries, keys = block(layer, queries, keys, point_embedding, key_pe)
+    for index, layer in enumerate(transformer.layers):
+        queries, keys = block(layer, queries, keys, point_embedding, key_pe,
+                              keys_with_pe if index == 0 else None)
     q = queries + point_embedding
     k = keys + key_pe
     queries = queries + tokens_to_image(transformer.final_attn_token_to_image, q, k, keys)

@@ -10,11 +10,16 @@ view, and the fusion's per-prompt 3x3 conv as one batched product and nine shift
 
 The prompt encoder stays in PyTorch (it is cheap); the graphs start from its outputs:
 
-- `SamGraph`: embedding, positional encoding, sparse and dense prompt embeddings -> SAM's four
-  mask logits (N,4,256,256) and IoU estimates (N,4);
+- `SamGraph`: the image in token layout (embedding + dense prompt, and the same + positional
+  encoding: `ImageTokens`) and the sparse prompt embeddings -> SAM's four mask logits
+  (N,4,256,256) and IoU estimates (N,4);
 - `WsiSamGraph`: the same for the HR and the LR crop plus the HR fused image features -> SAM's
   masks and IoU (from SAM's own pass or, "joint", from the HR pass) and WSI-SAM's residual
   (N,1,256,256); the caller picks SAM's mask and adds the residual, as `WsiSam.forward` does.
+
+Without a mask prompt the image tokens depend on the crop alone, so `OnnxDecoders` keeps the
+last few crops' (`ImageTokens`): a warm prompt then starts from them instead of transposing
+and adding three 4 MB tensors a pass.
 
 Masks agree with the eager path to float tolerance (logits within ~1e-4), not bit for bit;
 `WsiSamPredictor` keeps SAM-exactness by sending a fresh head through SAM's graph alone.
@@ -24,9 +29,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,16 +42,18 @@ from segment_anything.modeling.common import LayerNorm2d
 from torch import Tensor, nn
 
 from .encoder import EncoderOutput
-from .folded_transformer import two_way
+from .folded_transformer import two_way_tokens
 from .fusion import MASK_DIM, FeatureFusion
 from .onnx_runtime import export_graph, graph_digest, graph_folder, new_session, run_session
 from .wsi_sam import Prompts, WsiSam, WsiSamHead, encode_prompts
 
 logger = logging.getLogger(__name__)
 
-SAM_INPUTS = ("embedding", "sparse", "dense")
-WSI_INPUTS = ("hr_embedding", "lr_embedding", "hr_features", "hr_sparse",
-              "hr_dense", "lr_sparse", "lr_dense")
+SAM_INPUTS = ("image", "image_keys", "sparse")
+WSI_INPUTS = ("hr_image", "hr_image_keys", "lr_image", "lr_image_keys", "hr_features",
+              "hr_sparse", "lr_sparse")
+IMAGE_TOKENS_KEPT = 6
+"""Crops whose image tokens `OnnxDecoders` keeps (8 MB each; a crop pair takes two)."""
 
 
 # ----------------------------------------------------------------------- traced graphs
@@ -76,12 +85,14 @@ def sam_mask_logits(decoder: MaskDecoder, hs: Tensor, upscaled: Tensor) -> tuple
     return masks, decoder.iou_prediction_head(hs[:, 0])
 
 
-def transformer_pass(decoder: MaskDecoder, src: Tensor, image_pe: Tensor, sparse: Tensor,
-                     extra_token: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """One pass of SAM's two-way transformer (`folded_transformer.two_way`) for N prompts:
-    updated tokens (N,5[+1]+P,256) and image tokens (N,4096,256), built as
-    `wsi_sam.decoder_inputs` builds them. src: (N,256,64,64) embedding + dense prompt;
-    extra_token: (1,256) after SAM's 5 output tokens (the HR or LR token).
+def transformer_pass(decoder: MaskDecoder, image: Tensor, image_keys: Tensor, key_pe: Tensor,
+                     sparse: Tensor, extra_token: Tensor | None = None
+                     ) -> tuple[Tensor, Tensor]:
+    """One pass of SAM's two-way transformer (`folded_transformer.two_way_tokens`) for N
+    prompts: updated tokens (N,5[+1]+P,256) and image tokens (N,4096,256), built as
+    `wsi_sam.decoder_inputs` builds them. image: (1 or N,4096,256) embedding + dense prompt
+    in token layout, image_keys: the same + key_pe; extra_token: (1,256) after SAM's 5 output
+    tokens (the HR or LR token).
 
     Each pass is its own call: stacking the HR and LR passes into one of batch 2N measured
     the same (53.7 against 52.8 ms a WSI-SAM prompt), stacking SAM's too (padded, masked)
@@ -92,7 +103,8 @@ def transformer_pass(decoder: MaskDecoder, src: Tensor, image_pe: Tensor, sparse
     if extra_token is not None:
         weights.append(extra_token)
     tokens = torch.cat(weights, dim=0).unsqueeze(0).expand(n, -1, -1)
-    return two_way(decoder.transformer, src, image_pe, torch.cat((tokens, sparse), dim=1))
+    return two_way_tokens(decoder.transformer, image, image_keys, key_pe,
+                          torch.cat((tokens, sparse), dim=1))
 
 
 def fused_residual(fusion: FeatureFusion, vectors: Tensor, upscaled: Tensor,
@@ -141,13 +153,14 @@ class SamGraph(nn.Module):
     def __init__(self, prompt_encoder: PromptEncoder, decoder: MaskDecoder) -> None:
         super().__init__()
         self.decoder = decoder
+        self.grid = image_grid(prompt_encoder)
         self.register_buffer("key_pe", key_positions(prompt_encoder))
 
-    def forward(self, embedding: Tensor, sparse: Tensor, dense: Tensor
+    def forward(self, image: Tensor, image_keys: Tensor, sparse: Tensor
                 ) -> tuple[Tensor, Tensor]:
-        hs, src = transformer_pass(self.decoder, embedding + dense, self.key_pe, sparse)
-        shape = (sparse.shape[0], *embedding.shape[1:])
-        return sam_mask_logits(self.decoder, hs, upscale(self.decoder, src, shape))
+        hs, src = transformer_pass(self.decoder, image, image_keys, self.key_pe, sparse)
+        return sam_mask_logits(self.decoder, hs, upscale(self.decoder, src,
+                                                         (sparse.shape[0], *self.grid)))
 
 
 class WsiSamGraph(nn.Module):
@@ -163,23 +176,23 @@ class WsiSamGraph(nn.Module):
                  joint: bool) -> None:
         super().__init__()
         self.decoder, self.head, self.joint = decoder, head, joint
+        self.grid = image_grid(prompt_encoder)
         self.register_buffer("key_pe", key_positions(prompt_encoder))
 
-    def forward(self, hr_embedding: Tensor, lr_embedding: Tensor,
-                hr_features: Tensor, hr_sparse: Tensor, hr_dense: Tensor, lr_sparse: Tensor,
-                lr_dense: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        decoder, head, image_pe = self.decoder, self.head, self.key_pe
-        shape = (hr_sparse.shape[0], *hr_embedding.shape[1:])
-        hr_src = hr_embedding + hr_dense
-        hs_hr, src_hr = transformer_pass(decoder, hr_src, image_pe, hr_sparse,
+    def forward(self, hr_image: Tensor, hr_image_keys: Tensor, lr_image: Tensor,
+                lr_image_keys: Tensor, hr_features: Tensor, hr_sparse: Tensor,
+                lr_sparse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        decoder, head, key_pe = self.decoder, self.head, self.key_pe
+        hs_hr, src_hr = transformer_pass(decoder, hr_image, hr_image_keys, key_pe, hr_sparse,
                                          head.hr.token.weight)
-        hs_lr, _ = transformer_pass(decoder, lr_embedding + lr_dense, image_pe, lr_sparse,
+        hs_lr, _ = transformer_pass(decoder, lr_image, lr_image_keys, key_pe, lr_sparse,
                                     head.lr.token.weight)
         if self.joint:
             hs_sam, src_sam = hs_hr, src_hr
         else:
-            hs_sam, src_sam = transformer_pass(decoder, hr_src, image_pe, hr_sparse)
-        upscaled = upscale(decoder, src_sam, shape)
+            hs_sam, src_sam = transformer_pass(decoder, hr_image, hr_image_keys, key_pe,
+                                               hr_sparse)
+        upscaled = upscale(decoder, src_sam, (hr_sparse.shape[0], *self.grid))
         masks, iou = sam_mask_logits(decoder, hs_sam, upscaled)
         extra = 1 + decoder.num_mask_tokens
         vector = head.aggregation(head.hr.vector(hs_hr[:, extra]),
@@ -188,27 +201,39 @@ class WsiSamGraph(nn.Module):
         return masks, iou, residual
 
 
+def image_grid(prompt_encoder: PromptEncoder) -> tuple[int, int, int]:
+    """(C, H, W) of SAM's image embedding, as Python ints (traced reshapes keep them fixed)."""
+    height, width = prompt_encoder.image_embedding_size
+    return (int(prompt_encoder.embed_dim), int(height), int(width))
+
+
+# ----------------------------------------------------------------------- image tokens
+class ImageTokens(NamedTuple):
+    """A crop's image as the transformer's first layer reads it: embedding + dense prompt in
+    token layout (1 or N,4096,256), and the same + the positional encoding."""
+
+    image: Tensor
+    keys: Tensor
+
+
+def image_tokens(embedding: Tensor, dense: Tensor, key_pe: Tensor) -> ImageTokens:
+    """`ImageTokens` of an embedding (1,256,64,64) and dense prompt embeddings: (N,256,64,64)
+    from mask prompts, or (1,256,1,1), SAM's no-mask embedding, which broadcasts."""
+    image = (embedding + dense).flatten(2).permute(0, 2, 1).contiguous()
+    return ImageTokens(image, image + key_pe)
+
+
 # ----------------------------------------------------------------------- export and run
-def _dynamic(names: Sequence[str], prompt_inputs: Sequence[str]) -> dict[str, dict[int, str]]:
-    """Dynamic axes: the prompts, the prompt tokens, and the dense prompt's height and width
-    (1x1 when it is the no-mask embedding, which broadcasts: `prompt_embeddings`)."""
+def _dynamic(names: Sequence[str]) -> dict[str, dict[int, str]]:
+    """Dynamic axes: the prompts and the prompt tokens; the image tokens' first axis (1, or
+    one image per prompt with mask prompts)."""
     axes: dict[str, dict[int, str]] = {}
     for name in names:
         if name.endswith("sparse"):
             axes[name] = {0: "prompts", 1: "tokens"}
-        elif name in prompt_inputs:
-            axes[name] = {0: "prompts", 2: "dense_height", 3: "dense_width"}
+        elif "image" in name:
+            axes[name] = {0: f"{name}_count"}
     return axes
-
-
-def prompt_embeddings(prompt_encoder: PromptEncoder, prompts: Prompts) -> tuple[Tensor, Tensor]:
-    """`wsi_sam.encode_prompts`, with the dense embedding left at (N,256,1,1) when there is
-    no mask prompt: SAM expands its no-mask embedding over the grid; adding it broadcast
-    gives the same sums without copying 4 MB a pass into the graph."""
-    sparse, dense = encode_prompts(prompt_encoder, prompts)
-    if prompts.masks is None:
-        dense = dense[:, :, :1, :1]
-    return sparse, dense
 
 
 class OnnxDecoders:
@@ -222,6 +247,8 @@ class OnnxDecoders:
         self.folder = folder or graph_folder()
         self._sessions: dict[tuple, Any] = {}
         self._lock = threading.Lock()
+        self._positions: dict[int, tuple[Any, Tensor]] = {}
+        self._tokens: OrderedDict[tuple[int, int], tuple[Any, ImageTokens]] = OrderedDict()
 
     def _session(self, key: tuple, build: Any) -> Any:
         with self._lock:
@@ -233,15 +260,46 @@ class OnnxDecoders:
         with self._lock:
             self._sessions = {k: v for k, v in self._sessions.items() if k[0] == "sam"}
 
+    def key_positions(self, prompt_encoder: PromptEncoder) -> Tensor:
+        """`key_positions` of a prompt encoder, computed once."""
+        with self._lock:
+            known = self._positions.get(id(prompt_encoder))
+            if known is None or known[0]() is not prompt_encoder:
+                known = (weakref.ref(prompt_encoder), key_positions(prompt_encoder))
+                self._positions[id(prompt_encoder)] = known
+            return known[1]
+
+    def prompt_inputs(self, prompt_encoder: PromptEncoder, embedding: Tensor, prompts: Prompts
+                      ) -> tuple[ImageTokens, Tensor]:
+        """The image tokens and sparse embeddings of N prompts on one crop. Without mask
+        prompts the tokens are the crop's alone, kept for the last `IMAGE_TOKENS_KEPT` crops
+        (by the embedding tensor's identity: the embedding cache hands out the same one)."""
+        sparse, dense = encode_prompts(prompt_encoder, prompts)
+        key_pe = self.key_positions(prompt_encoder)
+        if prompts.masks is not None:
+            return image_tokens(embedding, dense, key_pe), sparse
+        key = (id(embedding), id(prompt_encoder))
+        with self._lock:
+            known = self._tokens.get(key)
+            if known is not None and known[0]() is embedding:
+                self._tokens.move_to_end(key)
+                return known[1], sparse
+        tokens = image_tokens(embedding, dense[:1, :, :1, :1], key_pe)
+        with self._lock:
+            self._tokens[key] = (weakref.ref(embedding), tokens)
+            while len(self._tokens) > IMAGE_TOKENS_KEPT:
+                self._tokens.popitem(last=False)
+        return tokens, sparse
+
     def sam_session(self, prompt_encoder: PromptEncoder, decoder: MaskDecoder) -> Any:
         graph = SamGraph(prompt_encoder, decoder)
 
         def build() -> Any:
             path = self.folder / f"sam-{graph_digest(graph, 'sam')}.onnx"
             if not path.exists():
-                embedding, _, sparse, dense = _sam_example(decoder)
-                export_graph(graph, (embedding, sparse, dense), SAM_INPUTS, ("masks", "iou"),
-                             _dynamic(SAM_INPUTS, ("sparse", "dense")), path)
+                image, keys, sparse = _sam_example(decoder)
+                export_graph(graph, (image, keys, sparse), SAM_INPUTS, ("masks", "iou"),
+                             _dynamic(SAM_INPUTS), path)
             return new_session(path)
 
         return self._session(("sam", id(decoder)), build)
@@ -254,13 +312,12 @@ class OnnxDecoders:
             kind = "joint" if joint else "separate"
             path = self.folder / f"wsi-sam-{kind}-{graph_digest(graph, kind)}.onnx"
             if not path.exists():
-                sam = _sam_example(decoder)
+                image, keys, sparse = _sam_example(decoder)
                 features = torch.zeros(1, MASK_DIM, 256, 256)
-                example = (sam[0], sam[0].clone(), features, sam[2], sam[3], sam[2].clone(),
-                           sam[3].clone())
+                example = (image, keys, image.clone(), keys.clone(), features, sparse,
+                           sparse.clone())
                 export_graph(graph, example, WSI_INPUTS, ("masks", "iou", "residual"),
-                             _dynamic(WSI_INPUTS, ("hr_sparse", "hr_dense", "lr_sparse",
-                                                   "lr_dense")), path)
+                             _dynamic(WSI_INPUTS), path)
             return new_session(path)
 
         return self._session(("wsi", id(head), joint), build)
@@ -268,9 +325,9 @@ class OnnxDecoders:
     def sam(self, prompt_encoder: PromptEncoder, decoder: MaskDecoder, embedding: Tensor,
             prompts: Prompts, *, multimask: bool = False) -> tuple[Tensor, Tensor]:
         """`wsi_sam.sam_forward` on ONNX Runtime: logits (N,1,256,256), IoU (N,1)."""
-        sparse, dense = prompt_embeddings(prompt_encoder, prompts)
+        tokens, sparse = self.prompt_inputs(prompt_encoder, embedding, prompts)
         masks, iou = run_session(self.sam_session(prompt_encoder, decoder), SAM_INPUTS,
-                                 (embedding, sparse, dense))
+                                 (*tokens, sparse))
         return pick_mask(masks, iou, multimask=multimask)
 
     def wsi_sam(self, wsi: WsiSam, hr: EncoderOutput, lr: EncoderOutput, hr_features: Tensor,
@@ -283,12 +340,11 @@ class OnnxDecoders:
         if not joint and head_is_fresh(wsi.head):
             return self.sam(wsi.prompt_encoder, wsi.mask_decoder, hr.embedding, hr_prompts,
                             multimask=multimask)
-        hr_sparse, hr_dense = prompt_embeddings(wsi.prompt_encoder, hr_prompts)
-        lr_sparse, lr_dense = prompt_embeddings(wsi.prompt_encoder, lr_prompts)
+        hr_tokens, hr_sparse = self.prompt_inputs(wsi.prompt_encoder, hr.embedding, hr_prompts)
+        lr_tokens, lr_sparse = self.prompt_inputs(wsi.prompt_encoder, lr.embedding, lr_prompts)
         session = self.wsi_session(wsi.prompt_encoder, wsi.mask_decoder, wsi.head, joint=joint)
         masks, iou, residual = run_session(
-            session, WSI_INPUTS, (hr.embedding, lr.embedding, hr_features, hr_sparse, hr_dense,
-                                  lr_sparse, lr_dense))
+            session, WSI_INPUTS, (*hr_tokens, *lr_tokens, hr_features, hr_sparse, lr_sparse))
         logits, best_iou = pick_mask(masks, iou, multimask=multimask)
         return logits + residual, best_iou
 
@@ -312,13 +368,13 @@ def head_is_fresh(head: WsiSamHead) -> bool:
     return True
 
 
-def _sam_example(decoder: MaskDecoder) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Example inputs for tracing: 2 prompts of 3 tokens (so no size is traced as 1)."""
+def _sam_example(decoder: MaskDecoder) -> tuple[Tensor, Tensor, Tensor]:
+    """Example inputs for tracing: one crop's image tokens (the count is a dynamic axis: N
+    with mask prompts) and 2 prompts of 3 tokens (so no prompt size is traced as 1)."""
     dim = decoder.transformer_dim
     generator = torch.Generator().manual_seed(0)
-    embedding = torch.randn(1, dim, 64, 64, generator=generator)
-    return (embedding, torch.randn(1, dim, 64, 64, generator=generator),
-            torch.randn(2, 3, dim, generator=generator),
-            torch.randn(2, dim, 64, 64, generator=generator))
+    image = torch.randn(1, 4096, dim, generator=generator)
+    return (image, image + torch.randn(1, 4096, dim, generator=generator),
+            torch.randn(2, 3, dim, generator=generator))
 
 
