@@ -6,9 +6,11 @@ All on the held-out hgsc_stromal image (1500² px at 0.5 µm/px; HR 0.25 µm/px 
 fresh predictor per method (weights shared, models loaded and one encoder pass made before
 timing), objects written to stores in a temporary folder:
 
-- grid: today's method (`auto_grid`, 64 points per HR crop side, WSI-SAM with the shipped
+- grid: the point grid (`auto_grid`, 64 points per HR crop side, WSI-SAM with the shipped
   head) on `--grid-region` (default the central 256² px, 1,024 points). Its cost grows with
   the number of points, i.e. with the area, so its time per mm² holds for any region;
+- grid, eager PyTorch: the same on the eager decoder, i.e. the grid as it was when issue 20
+  asked for 80x (before the ONNX Runtime prompt path of issue 21 made every prompt faster);
 - decoder, same region: the instance decoder on the same small region (one tile: the rate of a
   region much smaller than a tile is the decoder's worst);
 - decoder, whole image: on all 1500² px (0.56 mm²), the rate of a real region;
@@ -18,7 +20,7 @@ timing), objects written to stores in a temporary folder:
   all over what one box costs;
 - with ``--big-mm2 A`` (0 to skip): a pyramid of A mm² written from real tiles at 0.25 µm/px,
   segmented whole by the decoder; its time per mm² and the process's peak RSS.
-"ratio" is the grid's seconds per mm² over the row's.
+"ratio" is the grid's seconds per mm² over the row's, "vs eager" the eager grid's.
 """
 
 from __future__ import annotations
@@ -56,9 +58,9 @@ def area_mm2(region: shapely.Geometry, mpp: float) -> float:
     return region.area * mpp * mpp / 1e6
 
 
-def predictor_for(mobile) -> WsiSamPredictor:
+def predictor_for(mobile, runtime: str = "auto") -> WsiSamPredictor:
     predictor = WsiSamPredictor(model="wsi-sam", head="hgsc_nuclei", device="cpu",
-                                parts={"mobile_sam": mobile})
+                                parts={"mobile_sam": mobile}, runtime=runtime)  # type: ignore[arg-type]
     predictor.encode(np.full((1024, 1024, 3), 200, np.uint8))  # warm: weights and kernels
     return predictor
 
@@ -76,7 +78,8 @@ def main() -> None:
     parser.add_argument("--grid-region", type=float, nargs=4, default=(622, 622, 878, 878))
     parser.add_argument("--big-mm2", type=float, default=0.0)
     parser.add_argument("--skip-grid", action="store_true", help="(reuse --grid-seconds)")
-    parser.add_argument("--grid-seconds-per-mm2", type=float, default=None)
+    parser.add_argument("--grid-seconds-per-mm2", type=float, nargs=2, default=None,
+                        metavar=("GRID", "EAGER_GRID"))
     args = parser.parse_args()
     torch.set_num_threads(2)
     stromal = load_data("builtin:hgsc_stromal")[0]
@@ -97,6 +100,11 @@ def main() -> None:
                 seconds, n = run(segment_all(slide, small, predictor_for(mobile), store=s,
                                              hr_mpp=HR_MPP, settings=AutoSettings()))
             rows.append(("grid (64 points per side), small region", area_mm2(small, 0.5),
+                         seconds, n, peak_rss_gb()))
+            with store("grid_eager") as s:
+                seconds, n = run(segment_all(slide, small, predictor_for(mobile, "torch"),
+                                             store=s, hr_mpp=HR_MPP, settings=AutoSettings()))
+            rows.append(("grid, eager PyTorch, small region", area_mm2(small, 0.5),
                          seconds, n, peak_rss_gb()))
         for name, region, refine in (("decoder, small region", small, False),
                                      ("decoder, whole image", whole, False),
@@ -133,14 +141,14 @@ def main() -> None:
                                                      predictor_for(mobile), store=s))
                 rows.append((f"decoder, {args.big_mm2:g} mm² pyramid", area_mm2(region, 0.25),
                              seconds, n, peak_rss_gb()))
-    grid = (args.grid_seconds_per_mm2 if args.skip_grid
-            else rows[0][2] / rows[0][1])
+    grid, eager = (args.grid_seconds_per_mm2 if args.skip_grid
+                   else (rows[0][2] / rows[0][1], rows[1][2] / rows[1][1]))
     print(f"{'method':<40} {'mm²':>7} {'seconds':>9} {'s per mm²':>10} {'h per mm²':>9} "
-          f"{'objects':>8} {'ratio':>7} {'peak RSS GB':>11}")
+          f"{'objects':>8} {'ratio':>7} {'vs eager':>8} {'peak RSS GB':>11}")
     for name, mm2, seconds, n, rss in rows:
         rate = seconds / mm2
         print(f"{name:<40} {mm2:>7.4f} {seconds:>9.1f} {rate:>10.0f} {rate / 3600:>9.3f} "
-              f"{n:>8} {grid / rate:>7.1f} {rss:>11.2f}")
+              f"{n:>8} {grid / rate:>7.1f} {eager / rate:>8.1f} {rss:>11.2f}")
     print(f"box prompt, cold: {box_seconds:.2f} s; segment all by decoder over 2x2 tiles: "
           f"{few_seconds:.1f} s ({few_n} objects) = {few_seconds / box_seconds:.1f}x a box")
 

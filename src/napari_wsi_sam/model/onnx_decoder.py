@@ -44,7 +44,13 @@ from torch import Tensor, nn
 from .encoder import EncoderOutput
 from .folded_transformer import two_way_tokens
 from .fusion import MASK_DIM, FeatureFusion
-from .onnx_runtime import export_graph, graph_digest, graph_folder, new_session, run_session
+from .onnx_runtime import (
+    export_graph,
+    graph_digest,
+    graph_folder,
+    run_session,
+    shared_session,
+)
 from .wsi_sam import Prompts, WsiSam, WsiSamHead, encode_prompts
 
 logger = logging.getLogger(__name__)
@@ -300,7 +306,7 @@ class OnnxDecoders:
                 image, keys, sparse = _sam_example(decoder)
                 export_graph(graph, (image, keys, sparse), SAM_INPUTS, ("masks", "iou"),
                              _dynamic(SAM_INPUTS), path)
-            return new_session(path)
+            return shared_session(path)
 
         return self._session(("sam", id(decoder)), build)
 
@@ -318,7 +324,7 @@ class OnnxDecoders:
                            sparse.clone())
                 export_graph(graph, example, WSI_INPUTS, ("masks", "iou", "residual"),
                              _dynamic(WSI_INPUTS), path)
-            return new_session(path)
+            return shared_session(path)
 
         return self._session(("wsi", id(head), joint), build)
 

@@ -16,7 +16,13 @@ import torch
 from torch import Tensor, nn
 
 from .encoder import EncoderOutput, TinyViTSamEncoder
-from .onnx_runtime import export_graph, graph_digest, graph_folder, new_session, run_session
+from .onnx_runtime import (
+    export_graph,
+    graph_digest,
+    graph_folder,
+    run_session,
+    shared_session,
+)
 
 ENCODER_INPUTS = ("image",)
 
@@ -51,7 +57,7 @@ class OnnxEncoders:
                 if not path.exists():
                     export_graph(graph, (torch.zeros(1, 3, size, size),), ENCODER_INPUTS,
                                  ("embedding", "early"), {}, path)
-                self._sessions[key] = new_session(path)
+                self._sessions[key] = shared_session(path)
             return self._sessions[key]
 
     def encode(self, encoder: TinyViTSamEncoder, image: Tensor) -> EncoderOutput:

@@ -27,6 +27,7 @@ import shapely.affinity
 from shapely.geometry import box as shapely_box
 
 from ..errors import PromptError
+from ..memory import release_free_memory
 from ..model.instance_decoder import OUTPUT_SIZE
 from ..model.instance_model import InstanceModel
 from ..model.instance_watershed import WatershedSettings
@@ -277,6 +278,7 @@ def segment_all_decoder(
                                  head=provenance.head, score=obj.score,
                                  score_kind=SCORE_KIND, prompt=prompt, group=group))
         added += len(ids)
+        release_free_memory()  # a long run's heap stays flat (memory.py)
         elapsed = time.perf_counter() - started
         yield AutoProgress(done=done, total=len(tiles), added=added, ids=tuple(ids),
                            seconds_left=elapsed / done * (len(tiles) - done),

@@ -29,6 +29,7 @@ from skimage.morphology import remove_small_holes, remove_small_objects
 from torchvision.ops import nms
 
 from ..errors import PromptError
+from ..memory import release_free_memory
 from ..model.predictor import stability_score
 from ..polygons import Areal, mask_to_geometry, polygonal
 from ..prompts import Prompt
@@ -334,6 +335,7 @@ def segment_all(
                                      score=outline.score, score_kind=outline.score_kind,
                                      prompt=outline.prompt, group=group))
         added += len(ids)
+        release_free_memory()  # a long run's heap stays flat (memory.py)
         elapsed = time.perf_counter() - started
         yield AutoProgress(done=done, total=len(plan), added=added, ids=tuple(ids),
                            seconds_left=elapsed / done * (len(plan) - done),
