@@ -1,4 +1,4 @@
-"""Giving freed heap memory back to the system during long runs (Segment all, batches).
+"""Giving freed heap memory back to the system during long runs (Segment all by decoder or grid).
 
 glibc raises its mmap threshold as large blocks are freed, so later 4-8 MB tensors (crop
 embeddings, fused features) come from the heap, where long-lived cache entries between them

@@ -298,9 +298,8 @@ class OnnxDecoders:
         return tokens, sparse
 
     def sam_session(self, prompt_encoder: PromptEncoder, decoder: MaskDecoder) -> Any:
-        graph = SamGraph(prompt_encoder, decoder)
-
-        def build() -> Any:
+        def build() -> Any:  # the graph only on a miss: it computes the positional encoding
+            graph = SamGraph(prompt_encoder, decoder)
             path = self.folder / f"sam-{graph_digest(graph, 'sam')}.onnx"
             if not path.exists():
                 image, keys, sparse = _sam_example(decoder)
@@ -312,9 +311,8 @@ class OnnxDecoders:
 
     def wsi_session(self, prompt_encoder: PromptEncoder, decoder: MaskDecoder,
                     head: WsiSamHead, *, joint: bool) -> Any:
-        graph = WsiSamGraph(prompt_encoder, decoder, head, joint=joint)
-
         def build() -> Any:
+            graph = WsiSamGraph(prompt_encoder, decoder, head, joint=joint)
             kind = "joint" if joint else "separate"
             path = self.folder / f"wsi-sam-{kind}-{graph_digest(graph, kind)}.onnx"
             if not path.exists():
