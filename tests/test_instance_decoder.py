@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import shapely
 import torch
+from scipy import ndimage
 from shapely.geometry import box
 
 from napari_wsi_sam.cli import main
@@ -33,7 +34,14 @@ from napari_wsi_sam.pipeline.auto_decoder import plan_tiles
 from napari_wsi_sam.slide import open_slide
 from napari_wsi_sam.slide.tissue import TissueMask
 from napari_wsi_sam.store import ObjectStore
-from napari_wsi_sam.train.instance_targets import instance_maps
+from napari_wsi_sam.train.datasets import load_data
+from napari_wsi_sam.train.instance_targets import (
+    WEIGHT_RING_PX,
+    instance_maps,
+    view_labels,
+    view_targets,
+)
+from napari_wsi_sam.train.sampler import CropView
 
 NEST_MPP = "0.5"
 
@@ -88,6 +96,30 @@ def test_a_seedless_blob_is_lost_unless_unseeded_keeps_it():
     assert plain.max() == 1 and (plain[labels == 2] == 0).all()
     assert kept.max() == 2 and ((kept > 0) == (labels > 0)).all()
     assert WatershedSettings.from_dict({"foreground": 0.6}).unseeded is False
+
+
+def test_a_transposed_view_has_the_transposed_targets_and_classes_weigh_as_asked(nest):
+    objects = load_data("builtin:hgsc_nest")[0].objects
+    with open_slide(nest, mpp=0.5) as slide:
+        plain = CropView(0, (1400.0, 700.0), 0.25, 2.0, True, False)
+        turned = CropView(0, (1400.0, 700.0), 0.25, 2.0, True, False, transpose=True)
+        assert plain.token("x") != turned.token("x")
+        a = view_targets(plain, slide, objects, size=512)
+        b = view_targets(turned, slide, objects, size=512,
+                         class_weights={"connective": 3.0})
+        np.testing.assert_array_equal(view_labels(turned, slide, objects, size=512),
+                                      view_labels(plain, slide, objects, size=512).T)
+    assert not a.valid.all()  # the view runs off the image's right edge (x 1500)
+    np.testing.assert_array_equal(b.valid, a.valid.T)
+    np.testing.assert_allclose(b.maps, a.maps.transpose(0, 2, 1))
+    labels = view_labels(turned, slide, objects, size=512)
+    connective = [k for k, o in enumerate(objects, start=1) if o.class_name == "connective"]
+    on = np.isin(labels, connective) & b.valid
+    assert on.any() and (b.weight[on] == 3.0).all()
+    far = ~ndimage.binary_dilation(np.isin(labels, connective), np.ones((3, 3), bool),
+                                   iterations=WEIGHT_RING_PX + 1) & b.valid
+    assert (b.weight[far] == 1.0).all() and (b.weight[~b.valid] == 0).all()
+    assert (a.weight == a.valid).all()
 
 
 def test_watershed_settings_out_of_range_are_refused():
@@ -281,16 +313,24 @@ def test_train_instances_from_the_shipped_decoder_keeps_what_it_knew(tmp_path, c
     (["--init-head", "x.pt"], "apply to --task head only"),
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--init-decoder", "no_such_decoder"], "unknown instance decoder"),
+    (["--class-weight", "stroma=3"], "--class-weight names stroma, which no training object"),
+    (["--class-weight", "connective"], "give CLASS=WEIGHT"),
+    (["--class-weight", "connective=0"], "give CLASS=WEIGHT"),
+    (["--sam-mask", "joint"], "apply to --task head only"),
 ])
 def test_train_instances_user_errors_are_one_line(tmp_path, capsys, extra, message):
-    code = main(["train", "--task", "instances", "--data", "builtin:hgsc_nest", "--out",
-                 str(tmp_path / "o"), *extra])
+    try:
+        code = main(["train", "--task", "instances", "--data", "builtin:hgsc_nest", "--out",
+                     str(tmp_path / "o"), *extra])
+    except SystemExit as usage:  # argparse's own checks of a flag's value
+        code = usage.code
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
 
 
-def test_init_decoder_with_a_head_task_is_one_line(tmp_path, capsys):
-    code = main(["train", "--data", "builtin:hgsc_nest", "--out", str(tmp_path / "o"),
-                 "--init-decoder", "hgsc_nuclei_instances"])
+@pytest.mark.parametrize("extra", [["--init-decoder", "hgsc_nuclei_instances"],
+                                   ["--class-weight", "connective=3"]])
+def test_instance_flags_with_a_head_task_are_one_line(tmp_path, capsys, extra):
+    code = main(["train", "--data", "builtin:hgsc_nest", "--out", str(tmp_path / "o"), *extra])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--task instances only" in err and len(err.splitlines()) == 1, err

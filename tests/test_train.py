@@ -98,11 +98,13 @@ def test_noisy_mask_prompt_is_close_but_not_equal(labels):
 
 
 # --------------------------------------------------------------------------- crop pairs
-def test_object_masks_match_the_label_image_in_flipped_views(nest, labels):
+@pytest.mark.parametrize("transpose", [False, True])
+def test_object_masks_match_the_label_image_in_flipped_views(nest, labels, transpose):
     image = nest[0]
     with open_slide(image.image, mpp=image.mpp) as slide:
         for flip_x, flip_y in ((False, False), (True, False), (False, True), (True, True)):
-            view = CropView(0, (700.0, 650.0), HR_MPP, 2.0, flip_x, flip_y)
+            view = CropView(0, (700.0, 650.0), HR_MPP, 2.0, flip_x, flip_y,
+                            transpose=transpose)
             inside = view_objects(view, slide, list(image.objects))
             assert len(inside) > 50
             hr_map, lr_map = view_maps(view, slide)
@@ -110,6 +112,8 @@ def test_object_masks_match_the_label_image_in_flipped_views(nest, labels):
                 for window, cmap in ((obj.hr, hr_map), (obj.lr, lr_map)):
                     # Each crop pixel's centre, mapped to the slide, must carry the object's label.
                     ys, xs = np.nonzero(window.dense(1024))
+                    if transpose:  # crop pixel (x, y) is the flipped crop's (y, x)
+                        xs, ys = ys, xs
                     cx = 1024 - xs - 0.5 if flip_x else xs + 0.5
                     cy = 1024 - ys - 0.5 if flip_y else ys + 0.5
                     slide_xy = cmap.to_slide(np.stack([cx, cy], axis=1)).astype(int)
@@ -125,6 +129,9 @@ def test_render_view_flips_hr_and_lr_together(nest):
         hr, lr = render_view(CropView(0, (600.0, 600.0), HR_MPP, 2.0, True, True), slide)
         np.testing.assert_array_equal(hr, plain.hr.image[::-1, ::-1])
         np.testing.assert_array_equal(lr, plain.lr.image[::-1, ::-1])
+        turned, _ = render_view(CropView(0, (600.0, 600.0), HR_MPP, 2.0, True, False,
+                                         transpose=True), slide)
+        np.testing.assert_array_equal(turned, plain.hr.image[:, ::-1].transpose(1, 0, 2))
 
 
 def test_planned_views_are_seeded_and_on_the_slide(nest):

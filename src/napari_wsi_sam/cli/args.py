@@ -73,6 +73,19 @@ def fraction(text: str) -> float:
     return value
 
 
+def class_weight(text: str) -> tuple[str, float]:
+    """CLASS=WEIGHT: a class's objects weigh WEIGHT (0..100] in an instance decoder's loss."""
+    name, sep, value = text.rpartition("=")
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = float("nan")
+    if not sep or not name or not 0 < weight <= 100:
+        raise argparse.ArgumentTypeError(f"give CLASS=WEIGHT with a weight in (0, 100], e.g. "
+                                         f"connective=3; got {text!r}")
+    return name, weight
+
+
 def count(low: int, high: int, what: str) -> Callable[[str], int]:
     parse = number_in(low, high, what, integer=True)
     return lambda text: int(parse(text))

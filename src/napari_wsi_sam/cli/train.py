@@ -34,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="λ in λ·L_high + (1-λ)·L_low (default 0.5)")
     parser.add_argument("--aggregation", choices=["average", "max", "concat_fc", "sum"],
                         default="average", help="HR/LR token aggregation (default average)")
+    parser.add_argument("--sam-mask", choices=["separate", "joint"], default="separate",
+                        help="separate: SAM's mask from its own decoder pass (an untrained head "
+                             "is exactly SAM; three passes a prompt); joint: from the HR pass, "
+                             "as the paper's reference does (two passes, a faster prompt)")
     parser.add_argument("--hr-mpp", type=argtypes.hr_mpp, default=0.25,
                         help="HR crop µm/px (default 0.25, 40x, for nuclei)")
     parser.add_argument("--lr-factor", type=argtypes.lr_factor, default=2.0,
@@ -45,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--views-per-image", type=int, default=None,
                         help="crop pairs planned per image (each encoded once; default 24 for "
                              "a head, 48 for an instance decoder)")
+    parser.add_argument("--class-weight", type=argtypes.class_weight, action="append",
+                        default=None, metavar="CLASS=WEIGHT",
+                        help="--task instances: this class's objects weigh WEIGHT in the loss "
+                             "(e.g. connective=3 where stroma's nuclei are few); repeatable")
     parser.add_argument("--objects-per-view", type=int, default=12,
                         help="objects trained per crop pair per epoch")
     parser.add_argument("--batch", type=int, default=4, help="objects per optimiser step")
@@ -85,10 +93,15 @@ def _train(args: argparse.Namespace) -> int:
 
         raise TrainingError("--init-decoder applies to --task instances only; a head starts "
                             "from --init-head")
+    if args.task != "instances" and args.class_weight:
+        from ..errors import TrainingError
+
+        raise TrainingError("--class-weight applies to --task instances only")
     data = load_data(args.data, mpp=args.mpp, classes=args.classes)
     if args.task == "instances":
         return _instances(args, data)
-    head = HeadSettings(config=HeadConfig(aggregation=args.aggregation), lam=args.lam,
+    head = HeadSettings(config=HeadConfig(aggregation=args.aggregation,
+                                          sam_mask=args.sam_mask), lam=args.lam,
                         hr_mpp=args.hr_mpp, lr_factor=args.lr_factor)
     config = TrainConfig(mode=args.mode, head=head, epochs=args.epochs or 6,
                          views_per_image=args.views_per_image or 24,
@@ -165,8 +178,14 @@ def _instances(args: argparse.Namespace, data: list) -> int:
     from ..session.own_instances import HELDOUT_FRACTION, train_and_measure_instances
     from ..train.instance_trainer import InstanceTrainConfig
 
+    unknown = sorted({name for name, _ in args.class_weight or []}
+                     - {o.class_name for image in data for o in image.objects})
+    if unknown:
+        raise TrainingError(f"--class-weight names {', '.join(unknown)}, which no training "
+                            f"object has; check the class names (`objects info` lists them)")
     wrong = [flag for flag, given in (("--mode sam-decoder", args.mode != "wsi-sam"),
                                       ("--init-head", args.init_head is not None),
+                                      ("--sam-mask joint", args.sam_mask != "separate"),
                                       ("--resume", args.resume)) if given]
     if wrong:
         raise TrainingError(f"{', '.join(wrong)} apply to --task head only")
@@ -183,6 +202,7 @@ def _instances(args: argparse.Namespace, data: list) -> int:
     config = InstanceTrainConfig(hr_mpp=args.hr_mpp, lr_factor=args.lr_factor,
                                  epochs=args.epochs or 20,
                                  views_per_image=args.views_per_image or 48, seed=args.seed,
+                                 class_weights=tuple(args.class_weight or ()),
                                  **({"decoder": start_from.config, "lr": FINE_TUNE_LR}
                                     if start_from else {}))
     fraction = args.heldout if args.heldout is not None else HELDOUT_FRACTION

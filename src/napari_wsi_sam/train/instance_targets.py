@@ -5,6 +5,8 @@ half resolution, flipped as the view is), and three maps are derived from it
 (`model.instance_decoder` explains them): foreground, centre distance and boundary distance,
 each object's distances normalised by its own largest so that small and large nuclei weigh
 alike. Pixels of the view that lie off the image, or in a held-out block, are marked ignored.
+Objects of a rare class can weigh more in the loss (`object_weights`): stroma's thin nuclei
+are few in most training images, and recall on them is what Segment all lacks.
 """
 
 from __future__ import annotations
@@ -21,23 +23,25 @@ from ..formats import AnnotationObject
 from ..polygons import Areal, geometry_to_mask
 from ..scale import CROP_SIZE
 from ..slide import Slide
-from .sampler import CropView, view_maps
+from .sampler import CropView, view_maps, view_transform
 
 
 @dataclass(frozen=True)
 class InstanceTargets:
-    """(3, H, W) float32 maps [foreground, centre distance, boundary distance] and the (H, W)
-    bool mask of pixels that count in the loss."""
+    """(3, H, W) float32 maps [foreground, centre distance, boundary distance], the (H, W)
+    bool mask of pixels that count in the loss, and their (H, W) float32 loss weights (0
+    where not valid)."""
 
     maps: np.ndarray
     valid: np.ndarray
+    weight: np.ndarray
 
 
 def view_labels(view: CropView, slide: Slide, objects: Sequence[AnnotationObject], *,
                 size: int) -> np.ndarray:
     """(size, size) int32 labels of `objects` on the view's HR crop at `size` px a side
-    (flipped as the view is); 0 is background, object k is k + 1, a later object wins where
-    two overlap."""
+    (flipped and transposed as the view is); 0 is background, object k is k + 1, a later
+    object wins where two overlap."""
     hr_map, _ = view_maps(view, slide)
     sx, sy = hr_map.scale
     ox, oy = hr_map.origin
@@ -53,7 +57,8 @@ def view_labels(view: CropView, slide: Slide, objects: Sequence[AnnotationObject
     for k, obj in enumerate(objects, start=1):
         if not obj.geometry.intersects(field):
             continue
-        drawn = shapely.affinity.affine_transform(obj.geometry, [a, 0, 0, e, xoff, yoff])
+        drawn = shapely.affinity.affine_transform(
+            obj.geometry, view_transform(a, e, xoff, yoff, view.transpose))
         _paint(labels, drawn, k)
     return labels
 
@@ -68,6 +73,29 @@ def _paint(labels: np.ndarray, geometry: Areal, value: int) -> None:
         return
     part = mask[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
     labels[cy0:cy1, cx0:cx1][part] = value
+
+
+WEIGHT_RING_PX = 2
+"""A weighted object's weight reaches this many output px beyond its outline: its boundary
+is where the maps decide whether it is found whole."""
+
+
+def object_weights(labels: np.ndarray, objects: Sequence[AnnotationObject],
+                   class_weights: dict[str, float]) -> np.ndarray:
+    """(H, W) float32 loss weights of a view's label image (`view_labels`: object k is label
+    k + 1): 1 everywhere, and an object's class weight over it and a `WEIGHT_RING_PX` ring
+    around it. Where rings meet, the larger weight holds."""
+    weight = np.ones(labels.shape, np.float32)
+    if not class_weights:
+        return weight
+    per_label = np.ones(len(objects) + 1, np.float32)
+    for k, obj in enumerate(objects, start=1):
+        per_label[k] = class_weights.get(obj.class_name or "", 1.0)
+    if (per_label == 1.0).all():
+        return weight
+    on_object = per_label[labels]
+    size = 2 * WEIGHT_RING_PX + 1
+    return np.maximum(weight, ndimage.maximum_filter(on_object, size=size))
 
 
 def instance_maps(labels: np.ndarray) -> np.ndarray:
@@ -117,6 +145,8 @@ def view_valid(view: CropView, slide: Slide, *, size: int,
         centres_x = centres
     centres_y = CROP_SIZE - centres if view.flip_y else centres
     gx, gy = np.meshgrid(centres_x, centres_y)
+    if view.transpose:  # output pixel (r, c) is the flipped crop's pixel (c, r)
+        gx, gy = gx.T, gy.T
     level0 = hr_map.to_slide(np.stack([gx.ravel(), gy.ravel()], axis=1))
     width, height = slide.dimensions
     ok = ((level0[:, 0] >= 0) & (level0[:, 0] < width)
@@ -127,8 +157,10 @@ def view_valid(view: CropView, slide: Slide, *, size: int,
 
 
 def view_targets(view: CropView, slide: Slide, objects: Sequence[AnnotationObject], *,
-                 size: int, ignore: Sequence[Areal] = ()) -> InstanceTargets:
-    """The maps and the loss mask of one view."""
+                 size: int, ignore: Sequence[Areal] = (),
+                 class_weights: dict[str, float] | None = None) -> InstanceTargets:
+    """The maps, the loss mask and the loss weights of one view."""
     labels = view_labels(view, slide, objects, size=size)
-    return InstanceTargets(instance_maps(labels), view_valid(view, slide, size=size,
-                                                             ignore=ignore))
+    valid = view_valid(view, slide, size=size, ignore=ignore)
+    weight = object_weights(labels, objects, class_weights or {}) * valid
+    return InstanceTargets(instance_maps(labels), valid, weight.astype(np.float32))

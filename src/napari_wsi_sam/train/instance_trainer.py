@@ -5,7 +5,8 @@ background and crowded places alike), with flips, colour jitter and a small jitt
 pixel size, each encoded once (`feature_cache`). The targets come from every training object
 in the view (`instance_targets`); the loss counts only pixels on the image, near annotated
 objects (a sparse annotation says nothing about the places nobody drew in) and outside
-held-out areas. Loss: BCE + Dice on foreground, squared error on the two distance maps.
+held-out areas. Loss: BCE + Dice on foreground, squared error on the two distance maps,
+with the objects of classes in `class_weights` (and a ring around them) weighed up.
 """
 
 from __future__ import annotations
@@ -49,7 +50,11 @@ class InstanceTrainConfig:
 
     views_per_image: crop pairs per image (at least enough to cover it twice);
     annotated_margin_um: the loss counts within this distance of a training object;
-    scale_jitter: the HR pixel size of a view varies by up to this share.
+    scale_jitter: the HR pixel size of a view varies by up to this share;
+    class_weights: (class name, weight) pairs: those objects weigh this much in the loss
+    (for example stroma's thin "connective" nuclei, rare beside tumour nuclei);
+    rotations: half the views transposed, so that with the flips every quarter-turn
+    rotation is seen (nuclei and fibres lie in any direction).
     """
 
     hr_mpp: float = 0.25
@@ -68,6 +73,8 @@ class InstanceTrainConfig:
     """Side of the square of the 64x64 feature grid each step decodes (64: the whole crop;
     32: a quarter of it, at a quarter of the cost, so four times the steps in the same time)."""
     precision: str = "auto"
+    class_weights: tuple[tuple[str, float], ...] = ()
+    rotations: bool = True
 
     def check(self) -> None:
         if self.hr_mpp <= 0 or self.lr_factor < 1:
@@ -76,6 +83,10 @@ class InstanceTrainConfig:
         if not 8 <= self.window <= 64:
             raise TrainingError(f"the training window must be 8..64 feature cells, got "
                                 f"{self.window}")
+        for name, weight in self.class_weights:
+            if not 0 < weight <= 100:
+                raise TrainingError(f"the loss weight of class {name!r} must lie in (0, 100], "
+                                    f"got {weight}")
         for name in ("views_per_image", "epochs", "batch"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"{name.replace('_', ' ')} must be >= 1, got "
@@ -84,6 +95,7 @@ class InstanceTrainConfig:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["decoder"] = self.decoder.to_dict()
+        out["class_weights"] = [list(pair) for pair in self.class_weights]
         return out
 
 
@@ -97,7 +109,8 @@ class InstanceView:
     pixels: np.ndarray
     """(512, 512, 3) uint8: the HR crop area-averaged to the output grid."""
     maps: np.ndarray
-    valid: np.ndarray
+    weight: np.ndarray
+    """(512, 512) float32 loss weights, 0 where a pixel does not count."""
 
 
 @dataclass(frozen=True)
@@ -116,12 +129,14 @@ class InstanceStep:
 def plan_area_views(slides: Sequence[Slide], areas: Sequence[Areal], config: InstanceTrainConfig
                     ) -> list[CropView]:
     """`views_per_image` views per image, centred at seeded random places of its annotated
-    area, with flips, colour jitter and pixel-size jitter."""
+    area, with flips (and transposes, with `rotations`), colour jitter and pixel-size
+    jitter. The transposes are drawn apart, so the other fields are the same either way."""
     views = []
     for index, (slide, area) in enumerate(zip(slides, areas, strict=True)):
         if area.is_empty:
             continue
         rng = np.random.default_rng([config.seed, 7, index])
+        turns = np.random.default_rng([config.seed, 11, index])
         x0, y0, x1, y1 = area.bounds
         width, height = slide.dimensions
         made = 0
@@ -134,9 +149,10 @@ def plan_area_views(slides: Sequence[Slide], areas: Sequence[Areal], config: Ins
             cx, cy = min(max(cx, 0.0), width - 0.5), min(max(cy, 0.0), height - 0.5)
             flip_x, flip_y = (bool(v) for v in rng.integers(0, 2, 2))
             mpp = config.hr_mpp * (1 + rng.uniform(-config.scale_jitter, config.scale_jitter))
+            transpose = bool(turns.integers(0, 2)) and config.rotations
             views.append(CropView(index, (round(float(cx), 3), round(float(cy), 3)),
                                   round(float(mpp), 6), config.lr_factor, flip_x, flip_y,
-                                  ColorJitter.draw(rng, config.color)))
+                                  ColorJitter.draw(rng, config.color), transpose))
             made += 1
     return views
 
@@ -174,11 +190,12 @@ def prepare_instance_views(data: Sequence[AnnotatedImage], config: InstanceTrain
             outside = [shapely.difference(_view_field(view, slide), areas[view.image_index])]
             extra = list(ignore[view.image_index]) if ignore is not None else []
             targets = view_targets(view, slide, data[view.image_index].objects,
-                                   size=OUTPUT_SIZE, ignore=outside + extra)
+                                   size=OUTPUT_SIZE, ignore=outside + extra,
+                                   class_weights=dict(config.class_weights))
             if not targets.valid.any():
                 continue
             prepared.append(InstanceView(view, hr, lr, _pool(hr_image), targets.maps,
-                                         targets.valid))
+                                         targets.weight))
     finally:
         for slide in slides:
             slide.close()
@@ -208,10 +225,11 @@ def _pool(image: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------- loss
-def instance_loss(logits: torch.Tensor, maps: torch.Tensor, valid: torch.Tensor
+def instance_loss(logits: torch.Tensor, maps: torch.Tensor, weight: torch.Tensor
                   ) -> torch.Tensor:
-    """BCE + Dice on foreground and squared error on the distances, over valid pixels."""
-    weight = valid.float()
+    """BCE + Dice on foreground and squared error on the distances, each pixel counted by
+    its `weight` (0: left out; a bool mask works too)."""
+    weight = weight.float()
     count = weight.sum().clamp_min(1.0)
     fg_logit, fg = logits[:, 0], maps[:, 0]
     bce = (F.binary_cross_entropy_with_logits(fg_logit, fg, reduction="none")
@@ -307,12 +325,12 @@ def _step(decoder: InstanceDecoder, optimiser: torch.optim.Optimizer,
                        torch.cat([v.lr.early for v in views]).to(device))
     pixels = torch.from_numpy(np.stack([v.pixels for v in views])).to(device)
     maps = torch.from_numpy(np.stack([v.maps for v in views])).to(device)
-    valid = torch.from_numpy(np.stack([v.valid for v in views])).to(device)
+    weight = torch.from_numpy(np.stack([v.weight for v in views])).to(device)
     row, col, side = window
     scale = OUTPUT_SIZE // 64
     cut = (slice(row * scale, (row + side) * scale), slice(col * scale, (col + side) * scale))
     logits = decoder(hr, lr if decoder.config.context else None, pixels, window=window)
-    loss = instance_loss(logits, maps[:, :, cut[0], cut[1]], valid[:, cut[0], cut[1]])
+    loss = instance_loss(logits, maps[:, :, cut[0], cut[1]], weight[:, cut[0], cut[1]])
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
     optimiser.step()
@@ -322,5 +340,7 @@ def _step(decoder: InstanceDecoder, optimiser: torch.optim.Optimizer,
 def _describe(config: InstanceTrainConfig, data: Sequence[AnnotatedImage], views: int) -> str:
     names = ", ".join(sorted({image.dataset for image in data}))
     objects = sum(len(image.objects) for image in data)
+    extras = "".join([", rotations" if config.rotations else ""]
+                     + [f", {name} x{weight:g}" for name, weight in config.class_weights])
     return (f"{objects} objects of {names}; {views} views at {config.hr_mpp} µm/px, "
-            f"{config.epochs} epochs")
+            f"{config.epochs} epochs{extras}")

@@ -1,11 +1,13 @@
 """Concentric HR/LR crop pairs around annotated objects, with the objects' masks in both crops.
 
 A `CropView` is one training crop pair: where it is centred (an object's centre moved by a
-random jitter), and the augmentation applied to both crops together (flips, colour jitter).
+random jitter), and the augmentation applied to both crops together (flips, a transpose,
+which with the flips gives all eight quarter-turn rotations and mirrors, colour jitter).
 Because SAM is frozen, each view is encoded once and its encoder outputs are cached
 (`feature_cache`); the augmentations are therefore drawn per view, when views are planned,
 and every object inside a view trains on the same augmented pixels. Objects are rasterised
-into each crop through its `CropMap` (and the flips), so masks and pixels agree exactly.
+into each crop through its `CropMap` (and the flips and transpose), so masks and pixels
+agree exactly.
 No torch here.
 """
 
@@ -73,11 +75,15 @@ class CropView:
     flip_x: bool = False
     flip_y: bool = False
     color: ColorJitter = ColorJitter()
+    transpose: bool = False
+    """Rows and columns swapped after the flips (x <-> y)."""
 
     def token(self, image_id: str) -> str:
         """A stable text naming this view of the image `image_id` (the feature-cache key)."""
         fields = asdict(self)
         fields.pop("image_index")
+        if not self.transpose:
+            fields.pop("transpose")  # views without one keep the keys they always had
         fields["center"] = [round(c, 3) for c in self.center]
         text = json.dumps({"image": image_id, **fields}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
@@ -139,10 +145,12 @@ def view_objects(view: CropView, slide: Slide, objects: list[AnnotationObject], 
         (bx0, by0), (bx1, by1) = hr_map.to_crop(np.array([[minx, miny], [maxx, maxy]]))
         if bx0 < lo or by0 < lo or bx1 > hi or by1 > hi:
             continue
-        hr = rasterise(obj.geometry, hr_map, flip_x=view.flip_x, flip_y=view.flip_y)
+        hr = rasterise(obj.geometry, hr_map, flip_x=view.flip_x, flip_y=view.flip_y,
+                       transpose=view.transpose)
         if hr is None or hr.area < min_area:
             continue
-        lr = rasterise(obj.geometry, lr_map, flip_x=view.flip_x, flip_y=view.flip_y)
+        lr = rasterise(obj.geometry, lr_map, flip_x=view.flip_x, flip_y=view.flip_y,
+                       transpose=view.transpose)
         if lr is None:
             continue
         out.append(ViewObject(obj.id, obj.class_name or "unclassified", hr, lr))
@@ -150,9 +158,9 @@ def view_objects(view: CropView, slide: Slide, objects: list[AnnotationObject], 
 
 
 def rasterise(geometry: Areal, cmap: CropMap, *, flip_x: bool = False,
-              flip_y: bool = False) -> WindowMask | None:
-    """A level-0 polygon on a crop's pixel grid (pixel centres inside), flipped as asked;
-    None when no pixel is set."""
+              flip_y: bool = False, transpose: bool = False) -> WindowMask | None:
+    """A level-0 polygon on a crop's pixel grid (pixel centres inside), flipped and then
+    transposed as asked; None when no pixel is set."""
     sx, sy = cmap.scale
     ox, oy = cmap.origin
     a, e = 1 / sx, 1 / sy
@@ -161,7 +169,8 @@ def rasterise(geometry: Areal, cmap: CropMap, *, flip_x: bool = False,
         a, xoff = -a, CROP - xoff
     if flip_y:
         e, yoff = -e, CROP - yoff
-    geom = shapely.affinity.affine_transform(geometry, [a, 0, 0, e, xoff, yoff])
+    geom = shapely.affinity.affine_transform(geometry, view_transform(a, e, xoff, yoff,
+                                                                      transpose))
     if geom.is_empty:
         return None
     mask, window = geometry_to_mask(geom)
@@ -170,8 +179,18 @@ def rasterise(geometry: Areal, cmap: CropMap, *, flip_x: bool = False,
     return WindowMask(mask, (window[0], window[1]))
 
 
+def view_transform(a: float, e: float, xoff: float, yoff: float, transpose: bool
+                   ) -> list[float]:
+    """shapely's affine matrix of x' = a x + xoff, y' = e y + yoff, then x' <-> y' when
+    `transpose`."""
+    if transpose:
+        return [0.0, e, a, 0.0, yoff, xoff]
+    return [a, 0.0, 0.0, e, xoff, yoff]
+
+
 def render_view(view: CropView, slide: Slide) -> tuple[np.ndarray, np.ndarray]:
-    """The view's HR and LR crops (1024, 1024, 3) uint8, flipped and colour-jittered alike."""
+    """The view's HR and LR crops (1024, 1024, 3) uint8, flipped, transposed and
+    colour-jittered alike."""
     pair = concentric_crops(slide, Prompt.from_points([view.center]), hr_mpp=view.hr_mpp,
                             lr_factor=view.lr_factor, center=view.center, margin=0.0)
     images = []
@@ -181,5 +200,7 @@ def render_view(view: CropView, slide: Slide) -> tuple[np.ndarray, np.ndarray]:
             image = image[:, ::-1]
         if view.flip_y:
             image = image[::-1]
+        if view.transpose:
+            image = image.transpose(1, 0, 2)
         images.append(np.ascontiguousarray(view.color.apply(image)))
     return images[0], images[1]
