@@ -38,6 +38,7 @@ import torch
 from napari_wsi_sam.model.instance_model import InstanceModel
 from napari_wsi_sam.model.instance_registry import default_instance_decoder
 from napari_wsi_sam.model.predictor import WsiSamPredictor
+from napari_wsi_sam.model.registry import best_shipped_head, shipped_heads
 from napari_wsi_sam.model.sam import load_sam
 from napari_wsi_sam.pipeline.auto_decoder import DecoderSettings, segment_all_decoder
 from napari_wsi_sam.pipeline.auto_grid import AutoSettings, segment_all
@@ -59,7 +60,8 @@ def area_mm2(region: shapely.Geometry, mpp: float) -> float:
 
 
 def predictor_for(mobile, runtime: str = "auto") -> WsiSamPredictor:
-    predictor = WsiSamPredictor(model="wsi-sam", head="hgsc_nuclei", device="cpu",
+    predictor = WsiSamPredictor(model="wsi-sam", head=best_shipped_head(shipped_heads()).name,
+                                device="cpu",
                                 parts={"mobile_sam": mobile}, runtime=runtime)  # type: ignore[arg-type]
     predictor.encode(np.full((1024, 1024, 3), 200, np.uint8))  # warm: weights and kernels
     return predictor

@@ -25,6 +25,7 @@ from napari_wsi_sam.model.device import encoder_dtype
 from napari_wsi_sam.model.encoder import optimise_for_inference
 from napari_wsi_sam.model.fusion import FeatureFusion
 from napari_wsi_sam.model.predictor import WsiSamPredictor
+from napari_wsi_sam.model.registry import best_shipped_head, shipped_heads
 
 
 def median_time(fn: Callable[[], object], repeats: int, *, sync: bool) -> float:
@@ -84,9 +85,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--head", default=None,
+                        help="the WSI-SAM head of the WSI-SAM rows (default: the shipped head "
+                             "that measured best held out, the 40x default)")
     parser.add_argument("--plot", type=str, default=None,
                         help="also draw the warm and cold prompt rows as a bar chart (PNG)")
     args = parser.parse_args()
+    head = args.head or best_shipped_head(shipped_heads()).name
     logging.basicConfig(level=logging.WARNING)
     sync = args.device.startswith("cuda")
     paths = fetch(["mobile_sam.pt", "hgsc_nest.jpg"])
@@ -113,7 +118,7 @@ def main() -> None:
     def prompt_times(settings: Mapping[str, str]) -> tuple[float, float, float, float]:
         """(encoder pass, cold WSI-SAM prompt, warm WSI-SAM prompt, warm SAM prompt)."""
         predictor = WsiSamPredictor(device=args.device, parts={"mobile_sam": parts},
-                                    head="hgsc_nuclei", **settings)  # type: ignore[arg-type]
+                                    head=head, **settings)  # type: ignore[arg-type]
         counter = iter(range(10**6))
 
         def cold() -> object:
@@ -136,7 +141,8 @@ def main() -> None:
         configs["eager bfloat16 (before)"] = {"precision": "bfloat16", "runtime": "torch"}
     configs["default (ONNX Runtime float32)" if not sync else "default"] = {}
     prompt_rows = {name: prompt_times(settings) for name, settings in configs.items()}
-    first = {warm: first_prompt(hr, lr, box, args.device, warm=warm) for warm in (False, True)}
+    first = {warm: first_prompt(hr, lr, box, args.device, head, warm=warm)
+             for warm in (False, True)}
 
     reference = reference_predictor(paths["mobile_sam.pt"], args.device)
     ref_encoder = None
@@ -144,7 +150,7 @@ def main() -> None:
         with torch.inference_mode():
             reference.set_image(hr)
             ref_encoder = median_time(lambda: reference.set_image(hr), args.repeats, sync=sync)
-    levers, batches = lever_times(parts, reference, hr, lr, box, args.device,
+    levers, batches = lever_times(parts, reference, hr, lr, box, args.device, head,
                                   repeats=args.repeats, sync=sync)
     ref_prompt = levers.get("reference")
 
@@ -163,7 +169,8 @@ def main() -> None:
     for size, (ours, ref) in batches.items():
         rows.append((f"warm WSI-SAM, per prompt of {size} at once (default)", ours, ref))
     device = torch.cuda.get_device_name() if sync else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\ndevice: {device}; torch {torch.__version__}; medians of {args.repeats}+ runs")
+    print(f"\ndevice: {device}; torch {torch.__version__}; medians of {args.repeats}+ runs; "
+          f"head {head}")
     print(f"{'':56s} {'ours (s)':>9s} {'reference (s)':>14s} {'ref/ours':>9s}")
     for name, ours, ref in rows:
         ref_text = f"{ref:14.3f}" if ref is not None else f"{'-':>14s}"
@@ -173,14 +180,14 @@ def main() -> None:
     print("reference: official MobileSAM SamPredictor, float32 eager PyTorch; its cold row is "
           "two set_image calls (HR and LR crops) + one predict; warm rows: "
           "SamPredictor.predict (batch 1, round-robin with ours) or predict_torch (batch B, "
-          "per prompt); the WSI-SAM rows use the shipped head")
+          f"per prompt); the WSI-SAM rows use the head {head}")
 
 
-def first_prompt(hr: np.ndarray, lr: np.ndarray, box: np.ndarray, device: str, *,
+def first_prompt(hr: np.ndarray, lr: np.ndarray, box: np.ndarray, device: str, head: str, *,
                  warm: bool) -> float:
     """Seconds of the first prompt of a new predictor (its weights not loaded), with or
     without `warm_up()` first (graphs already on disk from the rows before)."""
-    predictor = WsiSamPredictor(device=device, head="hgsc_nuclei")
+    predictor = WsiSamPredictor(device=device, head=head)
     if warm:
         predictor.warm_up()
     start = time.perf_counter()
@@ -234,11 +241,11 @@ def reference_predictor(checkpoint: object, device: str) -> object | None:
 
 
 def lever_times(parts: object, reference: object | None, hr: np.ndarray, lr: np.ndarray,
-                box: np.ndarray, device: str, *, repeats: int, sync: bool
+                box: np.ndarray, device: str, head: str, *, repeats: int, sync: bool
                 ) -> tuple[dict[str, float], dict[int, tuple[float, float | None]]]:
     """Warm-prompt seconds per lever (round-robin with the reference decoder), and per-prompt
     seconds at larger prompt batches (ours, reference)."""
-    predictor = WsiSamPredictor(device=device, parts={"mobile_sam": parts}, head="hgsc_nuclei")
+    predictor = WsiSamPredictor(device=device, parts={"mobile_sam": parts}, head=head)
     defaults = {"exact_sam": True, "decoder_precision": "float32", "stack_passes": False,
                 "runtime": "auto"}
     fusion = type(predictor.head.hr.fusion)

@@ -3,7 +3,8 @@ measured once on the whole of hgsc_stromal (docs/results.md, "Segment all").
 
 Protocol:
 - train: `train_instance_decoder` on hgsc_nest at 0.25 µm/px HR (40x; the image is 0.5 µm/px),
-  with the stripe x >= TUNE_X0 left out of the loss;
+  with the stripe x >= TUNE_X0 left out of the loss (the defaults reproduce the shipped
+  decoder; `--class-weight` and `--rotations` the variant docs/results.md reports);
 - tune: the watershed thresholds chosen by PQ on that stripe (the decoder never learnt there);
 - test: the whole hgsc_stromal image (423 nuclei; never seen in training or tuning) with the
   decoder, the decoder + WSI-SAM refinement, scored with `evaluation.instances` (F1 at IoU 0.5,
@@ -31,6 +32,7 @@ from napari_wsi_sam.model.instance_checkpoint import save_instance_decoder
 from napari_wsi_sam.model.instance_model import InstanceModel
 from napari_wsi_sam.model.instance_watershed import WatershedSettings, instances_from_maps
 from napari_wsi_sam.model.predictor import WsiSamPredictor
+from napari_wsi_sam.model.registry import best_shipped_head, shipped_heads
 from napari_wsi_sam.pipeline.auto_decoder import (
     DecoderSettings,
     plan_tiles,
@@ -50,6 +52,8 @@ HR_MPP = 0.25
 TUNE_X0 = 1125.0
 """hgsc_nest's stripe x >= this (level-0 px, a quarter of the image) tunes the watershed."""
 MIN_TRUE_AREA = 16.0
+REFINE_HEAD = best_shipped_head(shipped_heads()).name
+"""The WSI-SAM head that refines proposals: the shipped 40x default, as in `segment --auto`."""
 
 
 def tune_region(width: float, height: float) -> shapely.Polygon:
@@ -59,7 +63,9 @@ def tune_region(width: float, height: float) -> shapely.Polygon:
 def stage_train(args) -> Path:
     nest = load_data("builtin:hgsc_nest")
     config = InstanceTrainConfig(hr_mpp=HR_MPP, views_per_image=args.views, epochs=args.epochs,
-                                 lr=args.lr, window=args.window)
+                                 lr=args.lr, window=args.window,
+                                 class_weights=tuple(args.class_weight or ()),
+                                 rotations=args.rotations)
     with open_slide(nest[0].image, mpp=0.5) as slide:
         region = tune_region(*slide.dimensions)
     start_from = InstanceModel.load(args.start_from).decoder if args.start_from else None
@@ -156,7 +162,7 @@ def stage_tune_refine(args) -> list[dict]:
     from napari_wsi_sam.pipeline.auto_decoder import refine_proposals
 
     model = InstanceModel.load(args.tune_from or OUT / "instance_decoder.pt")
-    predictor = WsiSamPredictor(model="wsi-sam", head="hgsc_nuclei", device="cpu")
+    predictor = WsiSamPredictor(model="wsi-sam", head=REFINE_HEAD, device="cpu")
     settings = DecoderSettings()
     nest, region, tiles, slide, truth = tuning_stripe(model, predictor, settings)
     per_tile = []
@@ -192,7 +198,7 @@ def stage_test(args) -> dict:
     stromal = load_data("builtin:hgsc_stromal")[0]
     results = {}
     for refine in (False, True):
-        predictor = WsiSamPredictor(model="wsi-sam", head="hgsc_nuclei", device="cpu")
+        predictor = WsiSamPredictor(model="wsi-sam", head=REFINE_HEAD, device="cpu")
         settings = DecoderSettings(refine=refine)
         with open_slide(stromal.image, mpp=0.5) as slide:
             region = shapely.box(0, 0, *slide.dimensions)
@@ -220,7 +226,7 @@ def stage_test(args) -> dict:
     heldout = {**(model.settings.heldout or {}),
                "data": f"hgsc_stromal, whole image ({plain['truth']} nuclei)",
                **{k: plain[k] for k in keys},
-               "refined": {k: refined[k] for k in keys},
+               "refined": {k: refined[k] for k in keys}, "refine_head": REFINE_HEAD,
                "refine_wins": refined["pq"] > plain["pq"]}
     shipped = ROOT / "src" / "napari_wsi_sam" / "heads" / "instances"
     final = save_instance_decoder(model.decoder, OUT / "instance_decoder.pt",
@@ -313,6 +319,11 @@ def maps_figure(plt) -> Path:
     return path
 
 
+def _class_weight(text: str) -> tuple[str, float]:
+    name, _, weight = text.partition("=")
+    return name, float(weight)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", choices=("train", "tune", "tune-refine", "test", "figure",
@@ -322,6 +333,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--window", type=int, default=32)
+    parser.add_argument("--class-weight", type=_class_weight, action="append", default=None,
+                        metavar="CLASS=WEIGHT",
+                        help="weigh this class's nuclei up in the loss (hgsc_nest's classes: "
+                             "connective, inflammatory, neoplastic); repeatable. The variant "
+                             "tried in docs/results.md: --views 96 --epochs 20 --rotations "
+                             "--class-weight connective=5")
+    parser.add_argument("--rotations", action="store_true",
+                        help="transpose half the views too (all eight quarter turns; the "
+                             "shipped decoder was trained with flips only)")
     parser.add_argument("--tune-from", type=Path, default=None,
                         help="tune this decoder file instead of the one just trained")
     parser.add_argument("--dry-tune", action="store_true",

@@ -426,7 +426,7 @@ def test_the_scale_follows_the_head(make_napari_viewer, slide_copy, tmp_path):
     assert "wsi-sam · nuclei · 40x" in models.labels()
     # Until a model is picked, the model follows the measured default of the magnification.
     widget.magnification.value = 0.25
-    assert models.choice().label == "wsi-sam · nuclei · 40x"
+    assert models.choice().label == "wsi-sam · nuclei · 40x · joint"
     assert "hgsc_stromal" in widget.model.tooltip
     widget.magnification.value = 1.0
     assert models.choice().spec == "sam" and "10x" in widget.model.tooltip

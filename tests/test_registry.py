@@ -90,7 +90,7 @@ def test_recorded_rule_is_the_rule_over_the_shipped_heads():
                                              ensure_ascii=False))
     by_name = recorded["magnifications"]
     assert list(by_name) == ["40x", "20x", "10x", "5x"]
-    assert (by_name["40x"]["model"], by_name["40x"]["head"]) == ("wsi-sam", "hgsc_nuclei")
+    assert (by_name["40x"]["model"], by_name["40x"]["head"]) == ("wsi-sam", "hgsc_nuclei_joint")
     for name in ("20x", "10x", "5x"):  # no head measured there: SAM, and the reason says so
         assert by_name[name]["model"] == "sam" and by_name[name]["head"] is None
         assert f"no WSI-SAM head has been measured at {name}" in by_name[name]["reason"]
@@ -99,7 +99,7 @@ def test_recorded_rule_is_the_rule_over_the_shipped_heads():
 def test_default_follows_the_magnification(cache_home, tmp_path):
     assert registry.default_choice(1.0)[0].model == "sam"
     nuclei, reason = registry.default_choice(0.25)
-    assert nuclei.model == "wsi-sam" and nuclei.head.name == "hgsc_nuclei"
+    assert nuclei.model == "wsi-sam" and nuclei.head.name == "hgsc_nuclei_joint"
     assert "hgsc_stromal" in reason
     # A head of the user's that beat SAM held out at 10x becomes the 10x default, and only
     # there; one that did not beat SAM changes nothing.
@@ -112,20 +112,26 @@ def test_default_follows_the_magnification(cache_home, tmp_path):
     assert ten.head is not None and ten.head.name == "glands"
     five, why = registry.default_choice(2.0)
     assert five.model == "sam" and "did not beat SAM" in why
-    assert registry.default_choice(0.25)[0].head.name == "hgsc_nuclei"
+    assert registry.default_choice(0.25)[0].head.name == "hgsc_nuclei_joint"
 
 
 # ---------------------------------------------------------------------------- heads
-def test_shipped_head_carries_its_scale_and_result():
-    (head,) = registry.shipped_heads()
-    assert head.path.stat().st_size < 5 * 2**20
-    s = head.settings
-    assert (s.hr_mpp, s.lr_factor, s.lam) == (0.25, 2.0, 0.5)
-    assert s.config.aggregation == "average" and "hgsc_nest" in s.training_data
-    assert s.structure == "nuclei" and set(s.classes) == {"connective", "inflammatory",
-                                                           "neoplastic"}
-    assert s.heldout["dataset"] == "hgsc_stromal" and s.heldout["beats_baseline"]
-    assert head.label == "wsi-sam · nuclei · 40x"
+def test_shipped_heads_carry_their_scale_and_result():
+    separate, joint = registry.shipped_heads()
+    for head, sam_mask in ((separate, "separate"), (joint, "joint")):
+        assert head.path.stat().st_size < 5 * 2**20
+        s = head.settings
+        assert (s.hr_mpp, s.lr_factor, s.lam) == (0.25, 2.0, 0.5)
+        assert s.config.aggregation == "average" and "hgsc_nest" in s.training_data
+        assert s.config.sam_mask == sam_mask
+        assert s.structure == "nuclei" and set(s.classes) == {"connective", "inflammatory",
+                                                               "neoplastic"}
+        assert s.heldout["dataset"] == "hgsc_stromal" and s.heldout["beats_baseline"]
+    assert (separate.name, separate.label) == ("hgsc_nuclei", "wsi-sam · nuclei · 40x")
+    assert (joint.name, joint.label) == ("hgsc_nuclei_joint", "wsi-sam · nuclei · 40x · joint")
+    # plain "wsi-sam" takes the one that measured best held out: the joint head
+    assert joint.heldout["candidate_mean"] > separate.heldout["candidate_mean"]
+    head, s = joint, joint.settings
     predictor = build_predictor(registry.parse_choice("wsi-sam"), device="cpu")
     assert predictor.head_settings.hr_mpp == 0.25 and predictor.head_settings == s
     loaded = load_head(head.path)
@@ -135,8 +141,9 @@ def test_shipped_head_carries_its_scale_and_result():
 
 def test_names_and_heads_are_checked(cache_home, tmp_path):
     assert registry.MODEL_NAMES == ("sam", "wsi-sam", "medsam", "sam-decoder")
-    assert [c.label for c in registry.choices()] == ["sam", "medsam", "wsi-sam · nuclei · 40x"]
-    assert registry.parse_choice("wsi-sam").spec == "wsi-sam:hgsc_nuclei"
+    assert [c.label for c in registry.choices()] == ["sam", "medsam", "wsi-sam · nuclei · 40x",
+                                                     "wsi-sam · nuclei · 40x · joint"]
+    assert registry.parse_choice("wsi-sam").spec == "wsi-sam:hgsc_nuclei_joint"
     for text, error in [("hq-sam", UsageError), ("sam:foo.pt", UsageError),
                         ("sam-decoder", UsageError), ("wsi-sam:nope", UsageError),
                         ("wsi-sam:/no/such/head.pt", WeightsError)]:
@@ -166,7 +173,7 @@ def test_scale_follows_the_head(tmp_path):
     assert "10x (1.0 µm/px)" in at_40x.warning and "40x (0.25 µm/px)" in at_40x.warning
     assert registry.resolve("wsi-sam").hr_mpp == 0.25  # the shipped head's own scale
     assert registry.resolve().choice.model == "sam" and registry.resolve().hr_mpp == 1.0
-    assert registry.resolve(hr_mpp=0.25).choice.head.name == "hgsc_nuclei"
+    assert registry.resolve(hr_mpp=0.25).choice.head.name == "hgsc_nuclei_joint"
 
 
 # ---------------------------------------------------------------------------- every model
@@ -234,7 +241,7 @@ def test_default_at_10x_gives_sams_mask_and_at_40x_the_heads(sample_slide, tmp_p
     assert props["model"] == "sam" and props["score_kind"] == "predicted_iou"
     # At 40x the default is the shipped head, and its masks are the head's own.
     at_40x, props = run("default40", FOLLICLE, "--hr-mpp", "0.25")
-    head, _ = run("head40", FOLLICLE, "--model", "wsi-sam", "--head", "hgsc_nuclei",
+    head, _ = run("head40", FOLLICLE, "--model", "wsi-sam", "--head", "hgsc_nuclei_joint",
                   "--hr-mpp", "0.25")
     assert at_40x.equals(head) and props["model"] == "wsi-sam"
     assert props["score_kind"] == "stability"
@@ -294,7 +301,7 @@ def test_heads_list_and_decide(cache_home, tmp_path, capsys):
 def test_evaluate_reads_the_registry(tmp_path):
     spec = parse_model("WSI-SAM=wsi-sam:hgsc_nuclei")
     assert spec.label == "WSI-SAM" and spec.choice.head.name == "hgsc_nuclei"
-    assert parse_model("wsi-sam").label == "wsi-sam:hgsc_nuclei"
+    assert parse_model("wsi-sam").label == "wsi-sam:hgsc_nuclei_joint"
     with pytest.raises(UsageError, match="unknown model"):
         parse_model("hq-sam")
     copy = shutil.copyfile(registry.shipped_heads()[0].path, tmp_path / "copy.pt")

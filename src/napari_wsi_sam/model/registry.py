@@ -97,9 +97,11 @@ class Head:
 
     @property
     def label(self) -> str:
-        """How model lists show it: 'wsi-sam · nuclei · 40x'."""
+        """How model lists show it: 'wsi-sam · nuclei · 40x', and ' · joint' after it for a
+        head that takes SAM's mask from its HR pass (two decoder passes a prompt)."""
         what = self.settings.structure or self.name
-        return f"wsi-sam · {what} · {magnification(self.hr_mpp)}"
+        joint = " · joint" if self.settings.config.sam_mask == "joint" else ""
+        return f"wsi-sam · {what} · {magnification(self.hr_mpp)}{joint}"
 
     @property
     def heldout(self) -> dict[str, Any] | None:
@@ -252,7 +254,8 @@ def parse_choice(text: str, *, head: str | Path | None = None) -> ModelChoice:
     """``sam``, ``medsam``, ``wsi-sam[:HEAD]``, ``sam-decoder:CHECKPOINT``; HEAD is a registry
     name or a head file. `head` (the CLI's ``--head``) names the head of a plain ``wsi-sam``.
 
-    ``wsi-sam`` with no head takes the first shipped head. Unknown names are a `UsageError`.
+    ``wsi-sam`` with no head takes the shipped head that measured best held out (the first
+    one when none was measured). Unknown names are a `UsageError`.
     """
     name, _, rest = str(text).strip().partition(":")
     name = name.strip()
@@ -280,7 +283,14 @@ def parse_choice(text: str, *, head: str | Path | None = None) -> ModelChoice:
     if not shipped:
         raise WeightsError("no WSI-SAM head is shipped with this installation; give one with "
                            "--head PATH or reinstall napari-wsi-sam")
-    return ModelChoice(name, head=shipped[0])
+    return ModelChoice(name, head=best_shipped_head(shipped))
+
+
+def best_shipped_head(shipped: list[Head]) -> Head:
+    """The shipped head with the largest held-out gain over SAM among those that beat it;
+    the first one when none did."""
+    winners = [h for h in shipped if h.beats_sam and h.heldout is not None]
+    return max(winners, key=lambda h: _gain(h.heldout or {})) if winners else shipped[0]
 
 
 @dataclass(frozen=True, eq=False)

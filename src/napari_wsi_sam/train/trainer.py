@@ -394,7 +394,8 @@ def _describe(config: TrainConfig, data: list[AnnotatedImage]) -> str:
     names = sorted({image.dataset for image in data})
     head = config.head
     return (f"{config.data or ', '.join(names)}; {config.mode}, λ={head.lam}, "
-            f"{head.config.aggregation}, HR {head.hr_mpp} µm/px x{head.lr_factor}, "
+            f"{head.config.aggregation}, SAM's mask {head.config.sam_mask}, "
+            f"HR {head.hr_mpp} µm/px x{head.lr_factor}, "
             f"{config.views_per_image} views/image, {config.objects_per_view} objects/view, "
             f"batch {config.batch}, {config.epochs} epochs, seed {config.seed}")
 
