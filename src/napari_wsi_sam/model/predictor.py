@@ -110,7 +110,7 @@ class WsiSamPredictor:
 
     model: default model for `predict` ("wsi-sam", "sam", "medsam").
     head: a trained `WsiSamHead`, a head checkpoint path, a head's registry name (e.g.
-        "hgsc_nuclei", the head shipped in the package: `registry.find_head`), or None for a
+        "hgsc_nuclei_joint", a head shipped in the package: `registry.find_head`), or None for a
         fresh head (= SAM).
     device: "auto" (CUDA, MPS, CPU), "cpu", "cuda", "cuda:1", "mps".
     cache_bytes: bound of the embedding cache (0 disables it).
