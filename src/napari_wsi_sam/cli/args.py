@@ -74,15 +74,18 @@ def fraction(text: str) -> float:
 
 
 def class_weight(text: str) -> tuple[str, float]:
-    """CLASS=WEIGHT: a class's objects weigh WEIGHT (0..100] in an instance decoder's loss."""
+    """CLASS=WEIGHT: a class's objects weigh WEIGHT in an instance decoder's loss."""
+    from ..train.instance_trainer import MAX_CLASS_WEIGHT
+
     name, sep, value = text.rpartition("=")
     try:
         weight = float(value)
     except ValueError:
         weight = float("nan")
-    if not sep or not name or not 0 < weight <= 100:
-        raise argparse.ArgumentTypeError(f"give CLASS=WEIGHT with a weight in (0, 100], e.g. "
-                                         f"connective=3; got {text!r}")
+    if not sep or not name or not 0 < weight <= MAX_CLASS_WEIGHT:
+        raise argparse.ArgumentTypeError(f"give CLASS=WEIGHT with a weight in "
+                                         f"(0, {MAX_CLASS_WEIGHT:g}], e.g. connective=3; "
+                                         f"got {text!r}")
     return name, weight
 
 

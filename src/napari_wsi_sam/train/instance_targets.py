@@ -23,7 +23,7 @@ from ..formats import AnnotationObject
 from ..polygons import Areal, geometry_to_mask
 from ..scale import CROP_SIZE
 from ..slide import Slide
-from .sampler import CropView, view_maps, view_transform
+from .sampler import CropView, crop_transform, view_maps
 
 
 @dataclass(frozen=True)
@@ -43,22 +43,14 @@ def view_labels(view: CropView, slide: Slide, objects: Sequence[AnnotationObject
     (flipped and transposed as the view is); 0 is background, object k is k + 1, a later
     object wins where two overlap."""
     hr_map, _ = view_maps(view, slide)
-    sx, sy = hr_map.scale
-    ox, oy = hr_map.origin
-    factor = size / CROP_SIZE
-    a, e = factor / sx, factor / sy
-    xoff, yoff = -ox * a, -oy * e
-    if view.flip_x:
-        a, xoff = -a, size - xoff
-    if view.flip_y:
-        e, yoff = -e, size - yoff
+    matrix = crop_transform(hr_map, size=size, flip_x=view.flip_x, flip_y=view.flip_y,
+                            transpose=view.transpose)
     field = shapely.box(*hr_map.to_slide(np.array([[0, 0], [CROP_SIZE, CROP_SIZE]])).ravel())
     labels = np.zeros((size, size), np.int32)
     for k, obj in enumerate(objects, start=1):
         if not obj.geometry.intersects(field):
             continue
-        drawn = shapely.affinity.affine_transform(
-            obj.geometry, view_transform(a, e, xoff, yoff, view.transpose))
+        drawn = shapely.affinity.affine_transform(obj.geometry, matrix)
         _paint(labels, drawn, k)
     return labels
 

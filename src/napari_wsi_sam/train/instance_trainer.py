@@ -44,6 +44,10 @@ from .trainer import feature_cache_for
 logger = logging.getLogger(__name__)
 
 
+MAX_CLASS_WEIGHT = 100.0
+"""The largest loss weight a class may get (beyond it one class drowns the rest)."""
+
+
 @dataclass(frozen=True)
 class InstanceTrainConfig:
     """Everything that decides an instance-decoder run (saved with the decoder).
@@ -84,9 +88,9 @@ class InstanceTrainConfig:
             raise TrainingError(f"the training window must be 8..64 feature cells, got "
                                 f"{self.window}")
         for name, weight in self.class_weights:
-            if not 0 < weight <= 100:
-                raise TrainingError(f"the loss weight of class {name!r} must lie in (0, 100], "
-                                    f"got {weight}")
+            if not 0 < weight <= MAX_CLASS_WEIGHT:
+                raise TrainingError(f"the loss weight of class {name!r} must lie in "
+                                    f"(0, {MAX_CLASS_WEIGHT:g}], got {weight}")
         for name in ("views_per_image", "epochs", "batch"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"{name.replace('_', ' ')} must be >= 1, got "

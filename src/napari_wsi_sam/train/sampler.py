@@ -161,16 +161,8 @@ def rasterise(geometry: Areal, cmap: CropMap, *, flip_x: bool = False,
               flip_y: bool = False, transpose: bool = False) -> WindowMask | None:
     """A level-0 polygon on a crop's pixel grid (pixel centres inside), flipped and then
     transposed as asked; None when no pixel is set."""
-    sx, sy = cmap.scale
-    ox, oy = cmap.origin
-    a, e = 1 / sx, 1 / sy
-    xoff, yoff = -ox / sx, -oy / sy
-    if flip_x:
-        a, xoff = -a, CROP - xoff
-    if flip_y:
-        e, yoff = -e, CROP - yoff
-    geom = shapely.affinity.affine_transform(geometry, view_transform(a, e, xoff, yoff,
-                                                                      transpose))
+    geom = shapely.affinity.affine_transform(
+        geometry, crop_transform(cmap, flip_x=flip_x, flip_y=flip_y, transpose=transpose))
     if geom.is_empty:
         return None
     mask, window = geometry_to_mask(geom)
@@ -179,10 +171,19 @@ def rasterise(geometry: Areal, cmap: CropMap, *, flip_x: bool = False,
     return WindowMask(mask, (window[0], window[1]))
 
 
-def view_transform(a: float, e: float, xoff: float, yoff: float, transpose: bool
-                   ) -> list[float]:
-    """shapely's affine matrix of x' = a x + xoff, y' = e y + yoff, then x' <-> y' when
-    `transpose`."""
+def crop_transform(cmap: CropMap, *, size: int = CROP, flip_x: bool = False,
+                   flip_y: bool = False, transpose: bool = False) -> list[float]:
+    """shapely's affine matrix from level-0 px onto a crop's pixel grid drawn `size` px a
+    side (the crop's own 1024, or coarser), flipped and then transposed (x <-> y) as asked."""
+    sx, sy = cmap.scale
+    ox, oy = cmap.origin
+    factor = size / CROP
+    a, e = factor / sx, factor / sy
+    xoff, yoff = -ox * a, -oy * e
+    if flip_x:
+        a, xoff = -a, size - xoff
+    if flip_y:
+        e, yoff = -e, size - yoff
     if transpose:
         return [0.0, e, a, 0.0, yoff, xoff]
     return [a, 0.0, 0.0, e, xoff, yoff]
