@@ -316,13 +316,16 @@ def each_shipped(request, mobile_parts):
                            parts={"mobile_sam": mobile_parts})
 
 
-def test_onnx_runtime_keeps_todays_masks_over_60_real_nuclei(each_shipped, nest):
+def test_onnx_runtime_keeps_todays_masks_over_60_real_nuclei(each_shipped, nest, request):
     """The default CPU runtime (ONNX Runtime) against eager PyTorch, each shipped head and
-    SAM, on 60 real nuclei over 4 crops: the issue's bar is mask IoU >= 0.99."""
+    SAM, on 60 real nuclei over 4 crops: the issue's bar is mask IoU >= 0.99. SAM's masks do
+    not depend on the head, so SAM is compared once, beside the first head."""
     image, labels = nest
     shipped = each_shipped
     assert shipped.runtime == "auto" and shipped.uses_onnx()
-    ious: dict[str, list[np.ndarray]] = {"wsi-sam": [], "sam": []}
+    first = request.node.callspec.params["each_shipped"] == shipped_heads()[0].name
+    ious: dict[str, list[np.ndarray]] = {m: [] for m in (["wsi-sam", "sam"] if first
+                                                         else ["wsi-sam"])}
     for (x0, y0), chosen in _prompts_per_crop(labels).items():
         hr, lr = hr_crop(image, x0, y0), lr_crop(image, x0, y0)
         boxes = np.stack([nucleus_box(labels, label) for label in chosen]) - [x0, y0, x0, y0]
