@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import random
 import shutil
@@ -973,25 +974,55 @@ def cli(*argv: str, env: dict | None = None) -> list[str]:
     return [sys.executable, "-m", "napari_wsi_sam.cli", *argv]
 
 
-def run_then_kill_at_random(argv: list[str], *, tries: int, seed: int, env: dict,
-                            after_kill) -> None:
-    """Time one whole run of `argv`, then `tries` runs killed at seeded random moments within
-    that time; `after_kill` checks what each kill left, then the run is repeated to the end."""
+def tree_state(folder: Path) -> frozenset:
+    """Every file under `folder` with its size and modification time: changes when a command
+    writes there."""
+    if not folder.exists():
+        return frozenset()
+    return frozenset((str(p), st.st_size, st.st_mtime_ns) for p in folder.rglob("*")
+                     if p.is_file() and (st := p.stat()))
+
+
+def kill_while_writing(argv: list[str], *, watch: Path, rng: random.Random, env: dict) -> bool:
+    """Start `argv` and SIGKILL it at a random moment after it first writes under `watch`:
+    1 ms to as long again as it took to get there (most of a CLI run before its first write
+    is imports and model loading), log-uniform, so that short writes get hit as often as
+    long ones. Returns whether it was killed before it ended."""
+    before = tree_state(watch)
     start = time.monotonic()
-    subprocess.run(argv, check=True, capture_output=True, timeout=TIMEOUT, env=env)
-    whole = time.monotonic() - start
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
+    while proc.poll() is None and tree_state(watch) == before:
+        assert time.monotonic() - start < TIMEOUT, "the command never wrote"
+        time.sleep(0.01)
+    first_write = time.monotonic() - start
+    low = 0.001  # log-uniform: a 10 ms write is as likely to be hit as a 10 s one
+    kill_at = time.monotonic() + math.exp(rng.uniform(math.log(low),
+                                                      math.log(max(first_write, low))))
+    while proc.poll() is None and time.monotonic() < kill_at:
+        time.sleep(0.005)
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(TIMEOUT)
+    return killed
+
+
+def run_then_kill_at_random(argv: list[str], *, watch: Path, tries: int, seed: int, env: dict,
+                            after_kill) -> int:
+    """`tries` runs of `argv`, each killed at a seeded random moment while it writes under
+    `watch` (`kill_while_writing`); `after_kill` checks what each kill left, then the run is
+    repeated to the end and checked again. The first kill lands in a first run, on the state
+    the test made. Returns how many runs were killed before they ended."""
     rng = random.Random(seed)
+    killed = 0
     for _ in range(tries):
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                env=env)
-        time.sleep(rng.uniform(0.3, 1.0) * whole)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(TIMEOUT)
+        killed += kill_while_writing(argv, watch=watch, rng=rng, env=env)
         after_kill()
         rerun = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, env=env)
         assert rerun.returncode == 0, rerun.stderr
         after_kill()
+    return killed
 
 
 def test_killed_geojson_import_reruns_to_every_object_once(sample_slide, tmp_path):
@@ -1012,7 +1043,7 @@ def test_killed_geojson_import_reruns_to_every_object_once(sample_slide, tmp_pat
         assert len({o.resume_key for o in live}) == len(live)
 
     run_then_kill_at_random(cli("objects", "import", str(sample_slide), str(source),
-                                "--labels", str(folder)), tries=3, seed=25,
+                                "--labels", str(folder)), watch=folder, tries=3, seed=25,
                             env=dict(os.environ), after_kill=complete_or_absent)
     with ObjectStore.open(folder / DB_NAME) as store:
         assert store.count() == 400
@@ -1038,7 +1069,8 @@ def test_killed_export_labels_leaves_the_old_labels_or_none(sample_slide, tmp_pa
         assert all(p.is_dir() for p in leftovers)  # staging only; never the real name
 
     run_then_kill_at_random(cli("objects", "export-labels", str(sample_slide), "--labels",
-                                str(folder), "--out", str(out)), tries=3, seed=7,
+                                str(folder), "--out", str(out)), watch=out, tries=3,
+                            seed=7,
                             env=dict(os.environ), after_kill=whole_or_absent)
     assert (out / "labels" / "classes").is_dir()
 
@@ -1057,8 +1089,9 @@ def test_killed_head_install_leaves_the_head_or_none(tmp_path):
             assert path.read_bytes() == source.read_bytes(), path
             torch.load(path, map_location="cpu", weights_only=True)
 
-    run_then_kill_at_random(cli("heads", "install", str(source), "--name", "mine"), tries=3,
-                            seed=3, env=env, after_kill=whole_or_absent)
+    run_then_kill_at_random(cli("heads", "install", str(source), "--name", "mine"),
+                            watch=home / "heads", tries=3, seed=3, env=env,
+                            after_kill=whole_or_absent)
     assert (home / "heads" / "mine.pt").read_bytes() == source.read_bytes()
 
 
@@ -1082,9 +1115,11 @@ def test_killed_precompute_leaves_whole_nodes_or_none(sample_slide, tmp_path):
                                            ).all()
             assert (node / "hr_embedding").exists(), node
 
-    run_then_kill_at_random(cli("precompute", str(slide), "--model", "sam", "--workers", "0",
-                                "--device", "cpu", "--no-progress"), tries=1, seed=11,
-                            env=dict(os.environ), after_kill=whole_nodes_only)
+    argv = cli("precompute", str(slide), "--model", "sam", "--workers", "0", "--device", "cpu",
+               "--no-progress")
+    killed = run_then_kill_at_random(argv, watch=tmp_path, tries=1, seed=11,
+                                     env=dict(os.environ), after_kill=whole_nodes_only)
+    assert killed == 1, "the run ended before the kill: nothing was tested"
 
 
 def test_killed_train_leaves_a_whole_head_or_none(tmp_path):
@@ -1100,9 +1135,10 @@ def test_killed_train_leaves_a_whole_head_or_none(tmp_path):
 
             torch.load(cached, map_location="cpu", weights_only=True)
 
-    run_then_kill_at_random(cli("train", "--data", "builtin:hgsc_nest", "--out", str(out),
-                                "--epochs", "1", "--views-per-image", "2",
-                                "--objects-per-view", "2", "--batch", "2", "--device", "cpu",
-                                "--features", str(features), "--no-progress"),
-                            tries=1, seed=5, env=dict(os.environ), after_kill=whole_or_absent)
+    argv = cli("train", "--data", "builtin:hgsc_nest", "--out", str(out), "--epochs", "1",
+               "--views-per-image", "2", "--objects-per-view", "2", "--batch", "2",
+               "--device", "cpu", "--features", str(features), "--no-progress")
+    killed = run_then_kill_at_random(argv, watch=tmp_path, tries=1, seed=5,
+                                     env=dict(os.environ), after_kill=whole_or_absent)
+    assert killed == 1, "the run ended before the kill: nothing was tested"
     load_head(out / "head.pt")
