@@ -123,7 +123,7 @@ def fused_residual(fusion: FeatureFusion, vectors: Tensor, upscaled: Tensor,
     64 channels in one batched product (N,9,64) x (N,HW,64)^T on the channels-last hidden
     features (left so by the norm: no transpose back), and the 9 small maps are then shifted
     and summed by one fixed conv whose kernel picks tap t at offset t (`tap_shifts`): measured
-    2 ms faster a prompt than 9 slices and adds. Same value as `project` to float tolerance.
+    0.85 ms faster a prompt than 9 slices and 8 adds. Same value as `project` to float tolerance.
     """
     conv1, norm, act, conv2 = fusion.mask
     if not isinstance(conv2, nn.Conv2d) or conv2.bias is None or not isinstance(norm, LayerNorm2d):
