@@ -22,6 +22,7 @@ from napari_wsi_sam.session import (
     PointRequest,
     ReclassRequest,
     SegmentAllRequest,
+    SyncRequest,
     UndoRequest,
 )
 from napari_wsi_sam.store import ObjectStore
@@ -118,6 +119,24 @@ def test_cancel_stops_a_batch_after_the_current_object(session):
     session.cancel()
     (note,) = list(run)  # nothing more runs; what was done stays
     assert "cancelled after 1 of 4" in note.message and session.store.count() == 1
+
+
+def test_a_request_queued_after_a_cancel_runs_and_does_not_revive_the_batch(session):
+    """The viewer's poll queues a redraw whenever the worker writes; a Cancel pressed just
+    before that redraw was queued must still stop the batch (it used to be forgotten)."""
+    from napari_wsi_sam.pipeline import BatchItem
+    from napari_wsi_sam.prompts import Prompt
+
+    items = tuple(BatchItem(prompt=Prompt.from_box(FOLLICLE + np.array([i, 0, i, 0])))
+                  for i in range(4))
+    session.submit(BatchRequest(items))
+    worker = session.drain()
+    assert next(worker).progress == (1, 4)
+    session.cancel()
+    session.submit(SyncRequest())  # what the poll asks for after the batch's first write
+    rest = [o.message for o in worker]
+    assert len(rest) == 2 and "cancelled after 1 of 4" in rest[0], rest
+    assert "updated from changes made elsewhere" in rest[1] and session.store.count() == 1
 
 
 def test_segment_all_stores_a_region_once_and_one_undo_removes_the_run(session):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -92,7 +92,6 @@ class AnnotationSession:
         self._crop_cache = CropPairCache()
         self._instance_model: Any = None
         self._tissue: Any = None
-        self._cancel = threading.Event()
         self.rasters.sync()
 
     @classmethod
@@ -198,35 +197,38 @@ class AnnotationSession:
     # ----------------------------------------------------------------- the queue
     def submit(self, request: Request) -> int:
         """Queue a request (any thread); returns how many wait now."""
-        self._cancel.clear()
         return self.queue.put(request)
 
     def cancel(self) -> list[Request]:
-        """Stop after the current object; drop what waits (returned)."""
-        self._cancel.set()
-        return self.queue.clear()
+        """Stop what runs after its current object; drop what waits (returned). What is
+        submitted later runs."""
+        return self.queue.cancel()
 
     def drain(self) -> Iterator[Outcome]:
         """Run queued requests in order until none is left (call from one worker thread)."""
-        while not self._cancel.is_set():
-            request = self.queue.get()
-            if request is None:
-                return
-            yield from self.run(request)
+        while (queued := self.queue.get()) is not None:
+            ticket, request = queued
+            yield from self.run(request, ticket=ticket)
 
     def run_now(self, request: Request) -> list[Outcome]:
         """Run one request at once (scripts, tests) and return its outcomes."""
         return list(self.run(request))
 
-    def run(self, request: Request) -> Iterator[Outcome]:
-        """Carry out one request; user errors become outcomes, nothing is half-done."""
+    def run(self, request: Request, *, ticket: int | None = None) -> Iterator[Outcome]:
+        """Carry out one request; user errors become outcomes, nothing is half-done. A
+        `cancel` after it began stops a batch or Segment all after the current object."""
         started = time.perf_counter()
+        ticket = self.queue.ticket() if ticket is None else ticket
+
+        def cancelled() -> bool:
+            return self.queue.cancelled(ticket)
+
         try:
             if isinstance(request, BatchRequest):
-                yield from self._batch(request)
+                yield from self._batch(request, cancelled)
                 return
             if isinstance(request, SegmentAllRequest):
-                yield from self._segment_all(request)
+                yield from self._segment_all(request, cancelled)
                 return
             yield self._one(request, started)
         except WsiSamError as error:
@@ -306,7 +308,8 @@ class AnnotationSession:
                    f"{obj.score:.2f}, {time.perf_counter() - started:.1f} s{raised}")
         return Outcome(request, message, object_id=object_id, touched=self._sync())
 
-    def _batch(self, request: BatchRequest) -> Iterator[Outcome]:
+    def _batch(self, request: BatchRequest,
+               cancelled: Callable[[], bool]) -> Iterator[Outcome]:
         items = list(request.items)
         if not items:
             raise PromptError("the batch has no shapes: draw or import some first")
@@ -327,7 +330,7 @@ class AnnotationSession:
                               error=step.error is not None, object_id=step.object_id,
                               touched=self._sync(), progress=(step.done, step.total),
                               seconds_left=step.seconds_left)
-                if self._cancel.is_set():
+                if cancelled():
                     yield Outcome(request, f"Batch cancelled after {step.done} of "
                                   f"{step.total}: every object done is kept",
                                   progress=(step.done, step.total))
@@ -353,7 +356,8 @@ class AnnotationSession:
                                                       device=self.predictor().device)
         return self._instance_model
 
-    def _segment_all(self, request: SegmentAllRequest) -> Iterator[Outcome]:
+    def _segment_all(self, request: SegmentAllRequest,
+                     cancelled: Callable[[], bool]) -> Iterator[Outcome]:
         """Every object in the region, one outcome per tile or crop (its objects already
         stored, so a cancel keeps what was reported); the run is one change-log group: one
         undo."""
@@ -400,7 +404,7 @@ class AnnotationSession:
                               f"{step.added} new objects so far", touched=self._sync(),
                               progress=(step.done, step.total),
                               seconds_left=step.seconds_left)
-                if self._cancel.is_set() and step.done < step.total:
+                if cancelled() and step.done < step.total:
                     yield Outcome(request, f"Segment all cancelled after {unit} {step.done} of "
                                   f"{step.total}: the {step.added} new objects so far are "
                                   "kept (Undo removes them)", progress=(step.done, step.total))

@@ -130,27 +130,48 @@ class Outcome:
 
 
 class RequestQueue:
-    """First in, first out, shared between the UI thread (put) and a worker (get)."""
+    """First in, first out, shared between the UI thread (put) and a worker (get).
+
+    Every request gets a ticket, in order; `cancel` cancels every ticket given so far, so a
+    request queued after a cancel (a redraw the store's poll asks for, the user's next box)
+    runs, and cannot revive the run that was cancelled."""
 
     def __init__(self) -> None:
-        self._items: deque[Request] = deque()
+        self._items: deque[tuple[int, Request]] = deque()
         self._lock = threading.Lock()
+        self._issued = 0
+        self._cancelled_through = 0
 
     def put(self, request: Request) -> int:
         """Queue a request; returns how many are waiting now."""
         with self._lock:
-            self._items.append(request)
+            self._items.append((self._next_ticket(), request))
             return len(self._items)
 
-    def get(self) -> Request | None:
+    def get(self) -> tuple[int, Request] | None:
+        """The oldest waiting request and its ticket, or None."""
         with self._lock:
             return self._items.popleft() if self._items else None
 
-    def clear(self) -> list[Request]:
+    def ticket(self) -> int:
+        """A ticket for a request run without queueing (`AnnotationSession.run`)."""
         with self._lock:
-            dropped = list(self._items)
+            return self._next_ticket()
+
+    def cancel(self) -> list[Request]:
+        """Cancel every ticket given so far; drop what waits (returned)."""
+        with self._lock:
+            self._cancelled_through = self._issued
+            dropped = [request for _, request in self._items]
             self._items.clear()
             return dropped
+
+    def cancelled(self, ticket: int) -> bool:
+        return ticket <= self._cancelled_through
+
+    def _next_ticket(self) -> int:
+        self._issued += 1
+        return self._issued
 
     def __len__(self) -> int:
         with self._lock:
