@@ -201,7 +201,24 @@ TWO_GROUPS = [FOLLICLE, (1165, 1605, 1295, 1690), (1000, 2475, 1065, 2565),
               (1690, 2535, 1790, 2650), (1595, 2665, 1685, 2840)]
 
 
-def test_batch_refine_then_cancel_keeps_what_was_done(make_napari_viewer, qtbot, slide_copy):
+def test_batch_refine_then_cancel_keeps_what_was_done(make_napari_viewer, qtbot, slide_copy,
+                                                     monkeypatch):
+    import threading
+
+    from napari_wsi_sam.pipeline import batch as batch_module
+
+    # The worker waits after its first stored object until Cancel was pressed: with the crops
+    # already encoded (an earlier test's embeddings) the whole batch would otherwise finish
+    # before the UI thread sees that first object.
+    pressed = threading.Event()
+    real_store_result = batch_module.store_result
+
+    def store_then_wait_for_cancel(*args, **kwargs):
+        object_id = real_store_result(*args, **kwargs)
+        assert pressed.wait(timeout=60), "the test never pressed Cancel"
+        return object_id
+
+    monkeypatch.setattr(batch_module, "store_result", store_then_wait_for_cancel)
     viewer, widget = open_annotator(make_napari_viewer, slide_copy)
     scale = viewer.layers[0].scale
     layer = viewer.add_shapes([box_to_world_corners(np.asarray(b, float), scale=scale) / scale
@@ -213,9 +230,10 @@ def test_batch_refine_then_cancel_keeps_what_was_done(make_napari_viewer, qtbot,
     # Cancel once the first group is stored, while the second group's crops are encoded.
     qtbot.waitUntil(lambda: widget.session.store.count() >= 1, timeout=180_000)
     widget.cancel()
+    pressed.set()
     wait_idle(widget, qtbot)
     done = widget.session.store.count()
-    assert 1 <= done < len(TWO_GROUPS)
+    assert done == 1, done  # the object being stored when Cancel came, and no other
     with ObjectStore.open(widget.session.store.path) as reopened:
         assert reopened.count() == done
     widget.batch_refine(layer)  # again: what was done is skipped, the rest is done
