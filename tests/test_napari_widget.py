@@ -8,6 +8,7 @@ controls, and check the layers and the session's store."""
 from __future__ import annotations
 
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from napari_wsi_sam.model import registry
 from napari_wsi_sam.model.build import build_predictor
 from napari_wsi_sam.model.head_checkpoint import save_head
 from napari_wsi_sam.model.wsi_sam import WsiSamHead
+from napari_wsi_sam.pipeline import batch as batch_module
 from napari_wsi_sam.pipeline import segment_prompt
 from napari_wsi_sam.prompts import Prompt
 from napari_wsi_sam.slide import CropPairCache, open_slide
@@ -203,13 +205,8 @@ TWO_GROUPS = [FOLLICLE, (1165, 1605, 1295, 1690), (1000, 2475, 1065, 2565),
 
 def test_batch_refine_then_cancel_keeps_what_was_done(make_napari_viewer, qtbot, slide_copy,
                                                      monkeypatch):
-    import threading
-
-    from napari_wsi_sam.pipeline import batch as batch_module
-
-    # The worker waits after its first stored object until Cancel was pressed: with the crops
-    # already encoded (an earlier test's embeddings) the whole batch would otherwise finish
-    # before the UI thread sees that first object.
+    # The worker waits after its first stored object until Cancel was pressed: on a fast
+    # machine the whole batch could otherwise finish before the UI thread sees that object.
     pressed = threading.Event()
     real_store_result = batch_module.store_result
 
@@ -227,7 +224,7 @@ def test_batch_refine_then_cancel_keeps_what_was_done(make_napari_viewer, qtbot,
     widget.batch_source.value = layer
     widget.batch_refine()
     assert not widget.progress.native.isHidden()  # the bar shows in the dock
-    # Cancel once the first group is stored, while the second group's crops are encoded.
+    # Cancel once the first object is stored, while the worker holds after it.
     qtbot.waitUntil(lambda: widget.session.store.count() >= 1, timeout=180_000)
     widget.cancel()
     pressed.set()
